@@ -1,0 +1,130 @@
+"""Building blocks of the DiT. Module and parameter names match the published
+Duo / MDLM checkpoints (DESIGN.md), so renaming anything here breaks weight loading."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FREQUENCY_DIM = 256  # sinusoidal features of sigma, fixed by the published sigma_map.mlp.0
+MAX_PERIOD = 10_000.0
+ROTARY_BASE = 10_000.0
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation ``x (1 + scale) + shift``; shift/scale broadcast as (B, 1, D)."""
+    return x * (1.0 + scale) + shift
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a weight and no bias, computed in float32.
+
+    Normalising bf16 activations loses precision in the variance, so autocast is
+    switched off and the float32 result is returned (the residual stream is float32).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = F.layer_norm(x.float(), (self.dim,))
+        return x * self.weight.float()
+
+
+def timestep_embedding(sigma: Tensor, dim: int = FREQUENCY_DIM,
+                       max_period: float = MAX_PERIOD) -> Tensor:
+    """Sinusoidal features ``[cos(sigma f_j), sin(sigma f_j)]`` with
+    ``f_j = max_period^(-j / (dim/2))``, j = 0..dim/2-1. (B,) -> (B, dim), float32."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half
+    )
+    args = sigma.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """``sigma_map``: sinusoidal features -> Linear -> SiLU -> Linear (B, C)."""
+
+    def __init__(self, cond_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(FREQUENCY_DIM, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(sigma))
+
+
+class TokenEmbedding(nn.Module):
+    """``vocab_embed``: a bare ``embedding`` parameter (K, D), not an ``nn.Embedding``,
+    because the published key is ``vocab_embed.embedding``."""
+
+    def __init__(self, vocab_size: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(vocab_size, dim))
+        nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
+
+    def from_ids(self, ids: Tensor) -> Tensor:
+        """(B, L) ids -> (B, L, D)."""
+        return F.embedding(ids, self.embedding)
+
+    def from_logits(self, logits: Tensor) -> Tensor:
+        """(B, L, K) logits -> probability-weighted sum of rows (B, L, D)."""
+        # Softmax in float32: with a low temperature the logits are huge and a bf16
+        # softmax would round the near-one-hot weights badly.
+        probs = torch.softmax(logits.float(), dim=-1)
+        return probs.to(self.embedding.dtype) @ self.embedding
+
+    def from_topk(self, indices: Tensor, weights: Tensor) -> Tensor:
+        """(B, L, k) indices and weights -> sum_j weights_j * E[indices_j] (B, L, D).
+
+        ``embedding_bag`` never materialises the (B, L, k, D) gather.
+        """
+        b, l, k = indices.shape
+        bag = F.embedding_bag(
+            indices.reshape(-1, k), self.embedding,
+            per_sample_weights=weights.reshape(-1, k).to(self.embedding.dtype), mode="sum",
+        )
+        return bag.view(b, l, -1)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """Non-interleaved rotation: (x1, x2) -> (-x2, x1) over the two halves of the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (base 10,000) for heads of size ``head_dim``.
+
+    ``inv_freq`` is a persistent buffer only because published checkpoints contain it.
+    cos/sin are recomputed per call: (L, head_dim/2) work is negligible, and no cache
+    keeps this module free of state that torch.compile or device moves could trip on.
+    """
+
+    def __init__(self, head_dim: int, base: float = ROTARY_BASE) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=True)
+
+    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Each (L, head_dim), float32, with the frequencies repeated over both halves."""
+        inv_freq = self.inv_freq.to(device=device, dtype=torch.float32)
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, L, H, d) queries or keys; computed in float32, returned in x's dtype."""
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
