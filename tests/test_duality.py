@@ -143,3 +143,18 @@ def test_bad_alpha_interval():
         gamma_range(100, 0.9, 0.1)
     with pytest.raises(ValueError, match="alpha"):
         gamma_from_alpha(torch.tensor([1.5]), 100)
+
+
+def test_duality_schedule_protocol():
+    from duo.duality import DualitySchedule
+
+    s = DualitySchedule.from_alpha_interval(1000)
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    a = s.alpha(t)
+    assert a.tolist() == pytest.approx([0.95, float(a[1]), 0.05], abs=1e-9)
+    h = 1e-6
+    fd = (s.alpha(t[1:2] + h) - s.alpha(t[1:2] - h)) / (2 * h)
+    assert float(s.dalpha(t[1:2])) == pytest.approx(float(fd), rel=1e-6)
+    assert float(s.t_from_alpha(a[1:2])) == pytest.approx(0.3, abs=1e-9)
+    with pytest.raises(ValueError, match="gamma range"):
+        DualitySchedule(10, 1.0, -1.0)

@@ -247,3 +247,50 @@ def gamma_range(
         )
     g = gamma_from_alpha(torch.tensor([alpha_max, alpha_min], dtype=torch.float64), vocab_size)
     return GammaRange(float(g[0]), float(g[1]))
+
+
+class DualitySchedule:
+    """Discrete schedule induced by a linear gamma path, MATH.md sections 4 and 6.
+
+    ``gamma(t) = gamma_min + t (gamma_max - gamma_min)`` and ``alpha(t) = T(gamma(t))``,
+    so ``dalpha/dt = dT/dgamma (gamma_max - gamma_min)``. It satisfies the
+    :class:`duo.schedules.Schedule` protocol and serves the curriculum, distillation and
+    sampling of distilled models.
+    """
+
+    def __init__(self, vocab_size: int, gamma_min: float, gamma_max: float) -> None:
+        _check_vocab(vocab_size)
+        if not gamma_min < gamma_max:
+            raise ValueError(f"gamma range [{gamma_min}, {gamma_max}] must be increasing")
+        self.vocab_size = int(vocab_size)
+        self.gamma_min = float(gamma_min)
+        self.gamma_max = float(gamma_max)
+
+    @classmethod
+    def from_alpha_interval(
+        cls, vocab_size: int, alpha_min: float = 0.05, alpha_max: float = 0.95
+    ) -> "DualitySchedule":
+        return cls(vocab_size, *gamma_range(vocab_size, alpha_min, alpha_max))
+
+    def gamma(self, t: Tensor) -> Tensor:
+        return self.gamma_min + t * (self.gamma_max - self.gamma_min)
+
+    def t_from_gamma(self, gamma: Tensor) -> Tensor:
+        return (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return diffusion_transform(self.gamma(t), self.vocab_size).alpha
+
+    def dalpha(self, t: Tensor) -> Tensor:
+        slope = diffusion_transform(self.gamma(t), self.vocab_size).dalpha_dgamma
+        return slope * (self.gamma_max - self.gamma_min)
+
+    def t_from_alpha(self, alpha: Tensor) -> Tensor:
+        g = gamma_from_alpha(alpha, self.vocab_size)
+        return self.t_from_gamma(g).to(torch.as_tensor(alpha).dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"DualitySchedule(vocab_size={self.vocab_size}, gamma_min={self.gamma_min:.4f}, "
+            f"gamma_max={self.gamma_max:.4f})"
+        )
