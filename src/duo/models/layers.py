@@ -23,7 +23,8 @@ class LayerNorm(nn.Module):
     """LayerNorm with a weight and no bias, computed in float32.
 
     Normalising bf16 activations loses precision in the variance, so autocast is
-    switched off and the float32 result is returned (the residual stream is float32).
+    switched off. The result keeps the input's dtype: float32 for the usual float32
+    residual stream (as in the published model), bf16 for a model cast to bf16.
     """
 
     def __init__(self, dim: int) -> None:
@@ -33,8 +34,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = F.layer_norm(x.float(), (self.dim,))
-        return x * self.weight.float()
+            out = F.layer_norm(x.float(), (self.dim,)) * self.weight.float()
+        return out.to(x.dtype)
 
 
 def timestep_embedding(sigma: Tensor, dim: int = FREQUENCY_DIM,
@@ -59,7 +60,9 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, sigma: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(sigma))
+        # Features are built in float32 (large sigma * f needs it), then meet the
+        # weights in their dtype so a model cast to bf16 still runs without autocast.
+        return self.mlp(timestep_embedding(sigma).to(self.mlp[0].weight.dtype))
 
 
 class TokenEmbedding(nn.Module):

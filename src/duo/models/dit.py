@@ -1,0 +1,201 @@
+"""The DiT backbone of Duo / MDLM, with the published checkpoint layout (DESIGN.md).
+
+``DiT(x, sigma)`` maps token ids ``(B, L)``, logits ``(B, L, K)`` or top-k
+``(indices, weights)`` pairs ``(B, L, k)`` to float32 logits ``(B, L, K)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from duo.models.attention import attention
+from duo.models.config import ModelConfig
+from duo.models.layers import (
+    LayerNorm, Rotary, TimestepEmbedder, TokenEmbedding, apply_rotary, modulate,
+)
+
+ModelInput = Tensor | tuple[Tensor, Tensor]
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block; adaLN-modulated unless ``cond_dim`` is None (causal)."""
+
+    def __init__(self, dim: int, n_heads: int, cond_dim: int | None, mlp_ratio: int,
+                 dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.n_heads, self.dropout, self.causal = n_heads, dropout, causal
+        self.norm1 = LayerNorm(dim)
+        self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.attn_out = nn.Linear(dim, dim, bias=False)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+            nn.Linear(mlp_ratio * dim, dim),
+        )
+        self.adaLN_modulation: nn.Linear | None = None
+        if cond_dim is not None:
+            # Zero init: every block starts as the identity (DiT's adaLN-Zero).
+            self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim)
+            nn.init.zeros_(self.adaLN_modulation.weight)
+            nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, c: Tensor | None) -> Tensor:
+        b, l, dim = x.shape
+        h = self.norm1(x)
+        if self.adaLN_modulation is not None:
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+                self.adaLN_modulation(c)[:, None].chunk(6, dim=2))
+            h = modulate(h, shift_msa, scale_msa)
+        q, k, v = self.attn_qkv(h).view(b, l, 3, self.n_heads, dim // self.n_heads).unbind(2)
+        h = attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
+                      causal=self.causal)
+        h = F.dropout(self.attn_out(h), self.dropout, self.training)
+        x = x + (gate_msa * h if self.adaLN_modulation is not None else h)
+
+        h = self.norm2(x)
+        if self.adaLN_modulation is not None:
+            h = modulate(h, shift_mlp, scale_mlp)
+        h = F.dropout(self.mlp(h), self.dropout, self.training)
+        return x + (gate_mlp * h if self.adaLN_modulation is not None else h)
+
+
+class FinalLayer(nn.Module):
+    """``output_layer``: LayerNorm, optional adaLN (shift, scale), linear to the vocabulary."""
+
+    def __init__(self, dim: int, vocab_size: int, cond_dim: int | None) -> None:
+        super().__init__()
+        self.norm_final = LayerNorm(dim)
+        self.linear = nn.Linear(dim, vocab_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.adaLN_modulation: nn.Linear | None = None
+        if cond_dim is not None:
+            self.adaLN_modulation = nn.Linear(cond_dim, 2 * dim)
+            nn.init.zeros_(self.adaLN_modulation.weight)
+            nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+        x = self.norm_final(x)
+        if self.adaLN_modulation is not None:
+            shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+            x = modulate(x, shift, scale)
+        return self.linear(x)
+
+
+class DiT(nn.Module):
+    """Diffusion transformer; the causal variant is the autoregressive baseline.
+
+    Set ``check_inputs = False`` to skip the token-range check, which costs one
+    device synchronisation per call (it is skipped under torch.compile anyway).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        d, cond = config.hidden_size, config.cond_dim
+        adaln_dim = None if config.causal else cond
+        self.vocab_embed = TokenEmbedding(config.vocab_size, d)
+        if not config.causal:
+            self.sigma_map = TimestepEmbedder(cond)
+        self.rotary_emb = Rotary(config.head_dim)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, config.n_heads, adaln_dim, config.mlp_ratio, config.dropout,
+                     config.causal)
+            for _ in range(config.n_blocks)
+        )
+        self.output_layer = FinalLayer(d, config.vocab_size, adaln_dim)
+        self.check_inputs = True
+
+    def forward(self, x: ModelInput, sigma: Tensor | None = None) -> Tensor:
+        """Logits (B, L, K) in float32.
+
+        x: ids (B, L); logits (B, L, K), softmaxed then used to mix embedding rows (the
+        curriculum passes w_t / tau); or (indices, weights), each (B, L, k).
+        sigma: (B,) float, ``-log alpha_t``; required iff ``config.time_conditioning``,
+        ignored otherwise (a bidirectional model without time conditioning sees 0).
+        """
+        h = self._embed(x)
+        c = self._condition(sigma, h.shape[0], h.device)
+        cos, sin = self.rotary_emb.cos_sin(h.shape[1], h.device)
+        for block in self.blocks:
+            h = block(h, cos, sin, c)
+        return self.output_layer(h, c).float()
+
+    def _condition(self, sigma: Tensor | None, batch: int, device: torch.device
+                   ) -> Tensor | None:
+        if self.config.causal:
+            return None
+        if not self.config.time_conditioning:
+            sigma = torch.zeros(batch, device=device)
+        elif sigma is None:
+            raise ValueError("DiT: sigma is required with time_conditioning=True; pass "
+                             "sigma = -log(alpha_t) of shape (B,)")
+        elif not isinstance(sigma, Tensor) or tuple(sigma.shape) != (batch,):
+            shape = tuple(sigma.shape) if isinstance(sigma, Tensor) else type(sigma).__name__
+            raise ValueError(f"DiT: sigma has shape {shape}, expected ({batch},) to match "
+                             "the batch; reshape it to (B,)")
+        return F.silu(self.sigma_map(sigma))
+
+    def _embed(self, x: ModelInput) -> Tensor:
+        emb = self.vocab_embed
+        vocab = self.config.vocab_size
+        if isinstance(x, (tuple, list)):
+            if len(x) != 2 or not all(isinstance(t, Tensor) for t in x):
+                raise ValueError("DiT: a tuple input must be (indices, weights), two tensors "
+                                 "of shape (B, L, k)")
+            indices, weights = x
+            if indices.dim() != 3 or indices.shape != weights.shape:
+                raise ValueError(f"DiT: indices {tuple(indices.shape)} and weights "
+                                 f"{tuple(weights.shape)} must both have shape (B, L, k)")
+            if indices.is_floating_point() or not weights.is_floating_point():
+                raise ValueError(f"DiT: indices must be integer and weights float, got "
+                                 f"{indices.dtype} and {weights.dtype}")
+            self._check_length(indices.shape[1])
+            self._check_range(indices)
+            h = emb.from_topk(indices, weights)
+        elif not isinstance(x, Tensor):
+            raise ValueError(f"DiT: input of type {type(x).__name__} is not supported; pass "
+                             "ids (B, L), logits (B, L, K) or (indices, weights)")
+        elif x.dim() == 2:
+            if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+                raise ValueError(f"DiT: 2-D input must be integer token ids, got {x.dtype}; "
+                                 "pass logits as (B, L, K)")
+            self._check_length(x.shape[1])
+            self._check_range(x)
+            h = emb.from_ids(x)
+        elif x.dim() == 3:
+            if not x.is_floating_point():
+                raise ValueError(f"DiT: 3-D input must be float logits (B, L, K), got "
+                                 f"{x.dtype}; pass token ids as (B, L)")
+            if x.shape[-1] != vocab:
+                raise ValueError(f"DiT: logits have {x.shape[-1]} classes but the model "
+                                 f"vocabulary has {vocab}; use a matching tokenizer")
+            self._check_length(x.shape[1])
+            h = emb.from_logits(x)
+        else:
+            raise ValueError(f"DiT: input has rank {x.dim()} (shape {tuple(x.shape)}); pass "
+                             "ids (B, L), logits (B, L, K) or (indices, weights)")
+        # Under autocast the logit mix runs in bf16; the residual stream stays in the
+        # parameters' dtype (float32 normally) whatever the input kind.
+        return h.to(emb.embedding.dtype)
+
+    def _check_length(self, length: int) -> None:
+        if not 1 <= length <= self.config.max_seq_len:
+            raise ValueError(f"DiT: sequence length {length} is outside [1, "
+                             f"max_seq_len={self.config.max_seq_len}]; shorten the input "
+                             "or raise model.max_seq_len")
+
+    def _check_range(self, ids: Tensor) -> None:
+        if not self.check_inputs or torch.compiler.is_compiling():
+            return
+        vocab = self.config.vocab_size
+        if bool(((ids < 0) | (ids >= vocab)).any()):
+            raise ValueError(f"DiT: token ids span [{int(ids.min())}, {int(ids.max())}] but "
+                             f"the vocabulary has {vocab} tokens; use a matching tokenizer")
+
+
+def build_model(config: ModelConfig) -> DiT:
+    """Build a freshly initialised DiT from a validated config."""
+    return DiT(config)

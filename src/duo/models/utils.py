@@ -1,0 +1,53 @@
+"""Parameter counting, FLOPs estimates and state-dict helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from duo.models.config import ModelConfig
+from duo.models.dit import DiT
+
+EMBEDDING_KEYS = ("vocab_embed.embedding",)
+
+
+def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Number of parameters (buffers such as ``rotary_emb.inv_freq`` not included).
+
+    ``exclude_embeddings`` drops the input embedding table only: for ids it is a
+    lookup, not a matmul. The output projection is a matmul and stays counted.
+    """
+    return sum(
+        p.numel() for name, p in model.named_parameters()
+        if not (exclude_embeddings and name in EMBEDDING_KEYS)
+    )
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), for MFU reporting.
+
+    ``6 N + 12 n_blocks L D`` (Kaplan et al. 2020; PaLM appendix B): each
+    non-embedding parameter costs 2 FLOPs forward and 4 backward per token; attention
+    scores QK^T and the value mix cost 2 * 2 L D forward per block and token, times 3
+    with backward. The causal variant is counted the same way (no halving), as PaLM does.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len={seq_len} must be >= 1")
+    # The meta device gives the exact count for any config without allocating weights.
+    with torch.device("meta"):
+        n_params = count_parameters(DiT(config), exclude_embeddings=True)
+    return 6.0 * n_params + 12.0 * config.n_blocks * seq_len * config.hidden_size
+
+
+def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
+    """Keys starting with ``prefix``, with it removed; other keys are dropped.
+
+    Lightning checkpoints keep the DiT under ``backbone.`` beside unrelated keys;
+    Hugging Face repos store it with or without the prefix, so a dict in which no key
+    carries the prefix is returned unchanged.
+    """
+    if not any(key.startswith(prefix) for key in state_dict):
+        return dict(state_dict)
+    return {key[len(prefix):]: v for key, v in state_dict.items() if key.startswith(prefix)}
