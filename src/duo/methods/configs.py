@@ -1,0 +1,101 @@
+"""Typed configs of the methods (``algo=...``), validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..schedules import SCHEDULES
+
+
+def _check_schedule(name: str, eps: float) -> None:
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"algo.schedule={name!r} is unknown; valid schedules: {', '.join(sorted(SCHEDULES))}"
+        )
+    if not 0 < eps < 1:
+        raise ValueError(f"algo.eps={eps!r} must lie in (0, 1); the papers use 1e-3")
+
+
+@dataclass
+class DuoConfig:
+    """Uniform-state diffusion with the optional Gaussian-relaxation curriculum.
+
+    Curriculum (MATH.md sections 4-5): during the first ``curriculum_steps`` optimiser
+    steps (or ``curriculum_fraction`` of ``trainer.max_steps``) the denoiser sees
+    ``softmax(w_t / tau)`` (``full``) or its top-k form (``topk``); afterwards the plain
+    discrete loss. ``tau`` may be annealed in log10 space from ``tau`` to ``tau_end``
+    between ``tau_anneal_start`` and ``tau_anneal_end`` steps.
+    """
+
+    schedule: str = "loglinear"
+    eps: float = 1e-3
+    curriculum: Literal["none", "full", "topk"] = "none"
+    curriculum_k: int = 2
+    curriculum_steps: int | None = None
+    curriculum_fraction: float | None = None
+    tau: float = 1e-3
+    tau_end: float | None = None
+    tau_anneal_start: int = 0
+    tau_anneal_end: int | None = None
+    alpha_min: float = 0.05
+    alpha_max: float = 0.95
+    gamma_min: float | None = None
+    gamma_max: float | None = None
+    poly_fit_degree: int | None = None
+
+    def validate(self) -> "DuoConfig":
+        _check_schedule(self.schedule, self.eps)
+        if self.curriculum_k < 1:
+            raise ValueError(f"algo.curriculum_k={self.curriculum_k} must be >= 1")
+        if self.curriculum_steps is not None and self.curriculum_fraction is not None:
+            raise ValueError(
+                "set only one of algo.curriculum_steps and algo.curriculum_fraction"
+            )
+        if self.curriculum_steps is not None and self.curriculum_steps < 0:
+            raise ValueError(f"algo.curriculum_steps={self.curriculum_steps} must be >= 0")
+        if self.curriculum_fraction is not None and not 0 <= self.curriculum_fraction <= 1:
+            raise ValueError(
+                f"algo.curriculum_fraction={self.curriculum_fraction} must lie in [0, 1]"
+            )
+        for name in ("tau", "tau_end"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"algo.{name}={value} must be >= 0")
+        if self.tau_end is not None and (self.tau <= 0 or self.tau_end <= 0):
+            raise ValueError("annealing tau in log space needs algo.tau > 0 and algo.tau_end > 0")
+        if not 0 < self.alpha_min < self.alpha_max < 1:
+            raise ValueError(
+                f"algo.alpha_min={self.alpha_min}, algo.alpha_max={self.alpha_max} must "
+                "satisfy 0 < alpha_min < alpha_max < 1"
+            )
+        if (self.gamma_min is None) != (self.gamma_max is None):
+            raise ValueError("set both algo.gamma_min and algo.gamma_max, or neither")
+        if self.gamma_min is not None and not self.gamma_min < self.gamma_max:
+            raise ValueError(
+                f"algo.gamma_min={self.gamma_min} must be below algo.gamma_max={self.gamma_max}"
+            )
+        if self.poly_fit_degree is not None and not 1 <= self.poly_fit_degree <= 15:
+            raise ValueError(f"algo.poly_fit_degree={self.poly_fit_degree} must lie in [1, 15]")
+        return self
+
+
+@dataclass
+class MdlmConfig:
+    """Masked diffusion (SUBS parameterisation); the mask is an extra last token id."""
+
+    schedule: str = "loglinear"
+    eps: float = 1e-3
+    time_conditioning: bool = False
+
+    def validate(self) -> "MdlmConfig":
+        _check_schedule(self.schedule, self.eps)
+        return self
+
+
+@dataclass
+class ArConfig:
+    """Autoregressive baseline: next-token cross-entropy with causal attention."""
+
+    def validate(self) -> "ArConfig":
+        return self

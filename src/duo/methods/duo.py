@@ -1,0 +1,130 @@
+"""Duo: uniform-state diffusion, with the Gaussian-relaxation curriculum (MATH.md 2, 4, 5)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import relaxation
+from ..duality import DualitySchedule, diffusion_transform
+from ..losses import usdm_nelbo
+from ..processes import uniform
+from ..schedules import Schedule, get_schedule, sigma_from_alpha
+from .base import LossOutput, attention_mask, reduce_tokens
+from .configs import DuoConfig
+
+
+def tau_at(step: int, cfg: DuoConfig) -> float:
+    """Relaxation temperature at an optimiser step: constant, or log10-linear between
+    ``tau_anneal_start`` and ``tau_anneal_end``."""
+    if cfg.tau_end is None or cfg.tau_anneal_end is None:
+        return cfg.tau
+    span = max(cfg.tau_anneal_end - cfg.tau_anneal_start, 1)
+    frac = min(max((step - cfg.tau_anneal_start) / span, 0.0), 1.0)
+    log_tau = (1 - frac) * math.log10(cfg.tau) + frac * math.log10(cfg.tau_end)
+    return 10.0**log_tau
+
+
+def curriculum_length(cfg: DuoConfig, max_steps: int) -> int:
+    """Optimiser steps spent in the curriculum phase."""
+    if cfg.curriculum == "none":
+        return 0
+    if cfg.curriculum_steps is not None:
+        return cfg.curriculum_steps
+    fraction = 0.5 if cfg.curriculum_fraction is None else cfg.curriculum_fraction
+    return int(round(fraction * max_steps))
+
+
+class DuoMethod:
+    """Uniform-state diffusion LM: process + schedule + NELBO + backbone."""
+
+    name = "duo"
+    process = "uniform"
+
+    def __init__(self, cfg: DuoConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+        self.cfg = cfg.validate()
+        self.backbone = backbone
+        self.vocab_size = vocab_size
+        self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
+        self.curriculum_steps = curriculum_length(cfg, max_steps)
+        self._gaussian: DualitySchedule | None = None
+
+    @staticmethod
+    def model_vocab_size(tokenizer_vocab_size: int) -> int:
+        return tokenizer_vocab_size
+
+    @property
+    def gaussian_schedule(self) -> DualitySchedule:
+        """The curriculum's gamma path, derived from K and the target alpha interval."""
+        if self._gaussian is None:
+            c = self.cfg
+            if c.gamma_min is not None:
+                self._gaussian = DualitySchedule(self.vocab_size, c.gamma_min, c.gamma_max)
+            else:
+                self._gaussian = DualitySchedule.from_alpha_interval(
+                    self.vocab_size, c.alpha_min, c.alpha_max
+                )
+        return self._gaussian
+
+    def phase(self, step: int) -> str:
+        return "curriculum" if step < self.curriculum_steps else "discrete"
+
+    # ------------------------------------------------------------------ losses
+    def log_probs(self, model_input, alpha_t: Tensor) -> Tensor:
+        """Denoiser log-probabilities (B, L, K) in float32, conditioned on -log alpha_t."""
+        logits = self.backbone(model_input, sigma_from_alpha(alpha_t.float()))
+        return logits.float().log_softmax(-1)
+
+    def denoiser(self, z: Tensor, alpha_t: Tensor) -> Tensor:
+        """Sampler contract: ids (B, L) and alpha (B,) -> log-probs (B, L, K)."""
+        return self.log_probs(z, alpha_t.reshape(-1))
+
+    def discrete_loss(self, batch: dict[str, Tensor], t: Tensor, generator=None) -> LossOutput:
+        x = batch["input_ids"]
+        alpha = self.schedule.alpha(t)[:, None]
+        dalpha = self.schedule.dalpha(t)[:, None]
+        z_t = uniform.sample_zt(x, alpha, self.vocab_size, generator=generator)
+        log_p = self.log_probs(z_t, alpha[:, 0])
+        return reduce_tokens(usdm_nelbo(log_p, z_t, x, alpha, dalpha), attention_mask(batch))
+
+    def curriculum_loss(
+        self, batch: dict[str, Tensor], t: Tensor, step: int, generator=None
+    ) -> LossOutput:
+        """NELBO at ``z_t = argmax w_t`` with the relaxed input, ``alpha = T(gamma)``."""
+        x = batch["input_ids"]
+        sched = self.gaussian_schedule
+        gamma = sched.gamma(t.double())
+        alpha64, dalpha_dgamma = diffusion_transform(gamma, sched.vocab_size)
+        alpha = alpha64.float()[:, None]
+        dalpha = (dalpha_dgamma * (sched.gamma_max - sched.gamma_min)).float()[:, None]
+        tau = tau_at(step, self.cfg)
+        g = gamma.float()[:, None]
+        if self.cfg.curriculum == "topk":
+            relaxed = relaxation.topk_relaxation(
+                x, g, self.vocab_size, tau, self.cfg.curriculum_k, generator=generator
+            )
+        else:
+            relaxed = relaxation.full_relaxation(x, g, self.vocab_size, tau, generator=generator)
+        log_p = self.log_probs(relaxed.model_input, alpha[:, 0])
+        out = reduce_tokens(usdm_nelbo(log_p, relaxed.z_t, x, alpha, dalpha), attention_mask(batch))
+        out.metrics["tau"] = tau
+        return out
+
+    def training_loss(
+        self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0, generator=None
+    ) -> LossOutput:
+        if self.phase(step) == "curriculum":
+            return self.curriculum_loss(batch, t, step, generator)
+        return self.discrete_loss(batch, t, generator)
+
+    def eval_loss(self, batch: dict[str, Tensor], t: Tensor, *, generator=None) -> LossOutput:
+        """Validation NELBO per token: the diffusion term plus the prior KL at t = 1."""
+        out = self.discrete_loss(batch, t, generator)
+        prior = uniform.prior_kl(self.schedule.alpha(torch.tensor(1.0)), self.vocab_size)
+        prior_sum = prior.to(out.nelbo_sum) * out.num_tokens
+        out.nelbo_sum = out.nelbo_sum + prior_sum
+        out.metrics["prior_kl_per_token"] = float(prior)
+        return out
+

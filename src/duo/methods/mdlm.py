@@ -1,0 +1,57 @@
+"""MDLM: masked diffusion with the SUBS parameterisation (MATH.md section 8)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import mdlm_nelbo
+from ..processes import absorbing
+from ..schedules import Schedule, get_schedule, sigma_from_alpha
+from .base import LossOutput, attention_mask, reduce_tokens
+from .configs import MdlmConfig
+
+
+class MdlmMethod:
+    """Masked diffusion LM; the mask is the last id of the model's vocabulary."""
+
+    name = "mdlm"
+    process = "absorbing"
+
+    def __init__(self, cfg: MdlmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+        self.cfg = cfg.validate()
+        self.backbone = backbone
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size - 1
+        self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
+
+    @staticmethod
+    def model_vocab_size(tokenizer_vocab_size: int) -> int:
+        return tokenizer_vocab_size + 1
+
+    def phase(self, step: int) -> str:
+        return "discrete"
+
+    def log_probs(self, z: Tensor, alpha_t: Tensor) -> Tensor:
+        sigma = sigma_from_alpha(alpha_t.float())
+        if not self.cfg.time_conditioning:
+            sigma = torch.zeros_like(sigma)
+        logits = self.backbone(z, sigma)
+        return absorbing.subs_log_probs(logits, z, self.mask_id)
+
+    def denoiser(self, z: Tensor, alpha_t: Tensor) -> Tensor:
+        return self.log_probs(z, alpha_t.reshape(-1))
+
+    def training_loss(
+        self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0, generator=None
+    ) -> LossOutput:
+        x = batch["input_ids"]
+        alpha = self.schedule.alpha(t)[:, None]
+        dalpha = self.schedule.dalpha(t)[:, None]
+        z_t = absorbing.sample_zt(x, alpha, self.mask_id, generator=generator)
+        log_p = self.log_probs(z_t, alpha[:, 0])
+        per_token = mdlm_nelbo(log_p, z_t, x, alpha, dalpha, self.mask_id)
+        return reduce_tokens(per_token, attention_mask(batch))
+
+    def eval_loss(self, batch: dict[str, Tensor], t: Tensor, *, generator=None) -> LossOutput:
+        return self.training_loss(batch, t, generator=generator)

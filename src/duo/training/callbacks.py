@@ -1,0 +1,99 @@
+"""Run-directory side effects: metrics as JSONL, and PNG plots of the curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+
+def _scalar(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+class MetricsHistory(pl.Callback):
+    """Keeps train/val metrics in memory, appends them to ``metrics.jsonl`` and redraws
+    ``plots/training.png`` after every validation (rank 0 only)."""
+
+    def __init__(self, run_dir: str | Path, log_every: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.log_every = log_every
+        self.train: list[dict[str, float]] = []
+        self.val: list[dict[str, float]] = []
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        step = trainer.global_step
+        if step % self.log_every:
+            return
+        metrics = trainer.callback_metrics
+        record = {"step": step, "split": "train"}
+        for key in ("train/loss", "train/tok_per_s", "train/tau", "train/phase_curriculum"):
+            if key in metrics and (value := _scalar(metrics[key])) is not None:
+                record[key.split("/", 1)[1]] = value
+        record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        self.train.append(record)
+        self._append(record)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        record = {"step": trainer.global_step, "split": "val"}
+        for key in ("val/nelbo", "val/ppl"):
+            if key in metrics:
+                record[key.split("/", 1)[1]] = _scalar(metrics[key])
+        self.val.append(record)
+        self._append(record)
+        plot_history(self.train, self.val, self.run_dir / "plots" / "training.png")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            plot_history(self.train, self.val, self.run_dir / "plots" / "training.png")
+
+
+def read_history(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """Train and validation records from a run directory's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    train, val = [], []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                (val if rec.get("split") == "val" else train).append(rec)
+    return train, val
+
+
+def plot_history(train: list[dict], val: list[dict], path: Path) -> None:
+    """Training loss and validation perplexity bound against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.io import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if train:
+        axes[0].plot([r["step"] for r in train if "loss" in r], [r["loss"] for r in train if "loss" in r], lw=1)
+    axes[0].set(xlabel="step", ylabel="training loss (NELBO / token)", title="training")
+    if val:
+        axes[1].plot([r["step"] for r in val], [r.get("ppl") for r in val], marker="o")
+    axes[1].set(xlabel="step", ylabel="validation perplexity (upper bound)", title="validation", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

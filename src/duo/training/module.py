@@ -1,0 +1,176 @@
+"""The LightningModule: a thin shell that feeds batches to a method.
+
+Randomness is a pure function of (seed, optimiser step, rank, micro-batch): the forward
+noise and dropout of a step never depend on what ran before, so a resumed run repeats
+exactly the steps an uninterrupted one would take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ..experiment import TrainConfig
+from ..methods import get_method_spec, model_overrides
+from ..models import build_model
+from ..schedules import antithetic_times
+from .ema import EMA
+
+CHECKPOINT_FORMAT = 1
+
+
+def step_seed(seed: int, step: int, rank: int, micro: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on its arguments (not on Python's hash seed)."""
+    x = (seed * 1_000_003 + step) * 1_000_033 + rank
+    x = (x * 1_000_037 + micro) * 1_000_039 + stream
+    return (x * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | None = None):
+    """The backbone and method a config describes, for a tokenizer of the given size."""
+    spec = get_method_spec(cfg.algo)
+    vocab = spec.method_cls.model_vocab_size(tokenizer_vocab_size)
+    model_cfg = dataclasses.replace(
+        cfg.model, vocab_size=vocab, **model_overrides(cfg.algo, cfg.algo_cfg)
+    ).validate()
+    backbone = build_model(model_cfg)
+    steps = cfg.trainer.max_steps if max_steps is None else max_steps
+    return backbone, spec.method_cls(cfg.algo_cfg, backbone, vocab, steps)
+
+
+class DiffusionLM(pl.LightningModule):
+    def __init__(self, cfg: TrainConfig, tokenizer_vocab_size: int, tokenizer_files: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.tokenizer_files = tokenizer_files or {}
+        self.backbone, self.method = build_method(cfg, tokenizer_vocab_size)
+        self.ema = EMA(self.backbone, cfg.trainer.ema) if cfg.trainer.ema > 0 else None
+        self._val_sum = self._val_count = None
+        self._last_time: float | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------- helpers
+    @property
+    def accumulate(self) -> int:
+        return self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+
+    def _times(self, batch_size: int, step: int, micro: int) -> torch.Tensor:
+        """Antithetic times stratified over the whole global batch of this step."""
+        world = self.trainer.world_size
+        total = batch_size * world * self.accumulate
+        offset = (self.global_rank * self.accumulate + micro) * batch_size
+        u_gen = torch.Generator().manual_seed(step_seed(self.cfg.trainer.seed, step, 0, 0, 1))
+        u = torch.rand((), generator=u_gen, dtype=torch.float64)
+        return antithetic_times(
+            batch_size, eps=getattr(self.cfg.algo_cfg, "eps", 1e-3), offset=offset,
+            total=total, u=u, device=self.device,
+        )
+
+    def _generator(self, step: int, micro: int, stream: int) -> torch.Generator:
+        seed = step_seed(self.cfg.trainer.seed, step, self.global_rank, micro, stream)
+        torch.manual_seed(seed)  # dropout
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    # ------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        micro = batch_idx % self.accumulate
+        x = batch["input_ids"]
+        gen = self._generator(step, micro, 2)
+        t = self._times(x.shape[0], step, micro)
+        out = self.method.training_loss(batch, t, step=step, generator=gen)
+        self.log("train/loss", out.loss.detach(), prog_bar=True)
+        self.log("train/phase_curriculum", float(self.method.phase(step) == "curriculum"))
+        for k, v in out.metrics.items():
+            self.log(f"train/{k}", v, prog_bar=(k == "tau"))
+        now = time.perf_counter()
+        if self._last_time is not None and micro == 0:
+            tokens = x.numel() * self.trainer.world_size * self.accumulate
+            self.log("train/tok_per_s", tokens / max(now - self._last_time, 1e-9), prog_bar=True)
+        if micro == 0:
+            self._last_time = now
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None and (batch_idx + 1) % self.accumulate == 0:
+            self.ema.update(self.backbone)
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    # ------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._ema_ctx = self.ema.swapped_in(self.backbone) if self.ema is not None else None
+        if self._ema_ctx is not None:
+            self._ema_ctx.__enter__()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x = batch["input_ids"]
+        # Fixed noise per validation batch: curves compare like with like.
+        gen = torch.Generator(device=self.device).manual_seed(
+            step_seed(self.cfg.trainer.seed, 0, self.global_rank, batch_idx, 3)
+        )
+        u = torch.rand((), generator=gen, dtype=torch.float64, device=self.device).cpu()
+        t = antithetic_times(x.shape[0], eps=getattr(self.cfg.algo_cfg, "eps", 1e-3), u=u, device=self.device)
+        out = self.method.eval_loss(batch, t, generator=gen)
+        self._val_sum += out.nelbo_sum.double()
+        self._val_count += out.num_tokens.double()
+
+    def on_validation_epoch_end(self) -> None:
+        if self._ema_ctx is not None:
+            self._ema_ctx.__exit__(None, None, None)
+            self._ema_ctx = None
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        nelbo = float(total / count.clamp_min(1))
+        self.log("val/nelbo", nelbo, prog_bar=False, sync_dist=False)
+        self.log("val/ppl", math.exp(min(nelbo, 50.0)), prog_bar=True, sync_dist=False)
+
+    # ------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        tc = self.cfg.trainer
+        opt = torch.optim.AdamW(
+            self.backbone.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+            weight_decay=tc.weight_decay,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["duo"] = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "tokenizer_vocab_size": self.tokenizer_vocab_size,
+            "tokenizer_files": self.tokenizer_files,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+
+def lr_lambda(tc):
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio``."""
+
+    def f(step: int) -> float:
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        if tc.lr_schedule == "constant":
+            return 1.0
+        span = max(tc.max_steps - tc.warmup_steps, 1)
+        progress = min((step - tc.warmup_steps) / span, 1.0)
+        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
