@@ -75,21 +75,24 @@ def _precision(cfg: TrainConfig, accel: str) -> str:
     return "bf16-mixed" if accel in ("gpu", "cuda") else "32-true"
 
 
-def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str) -> pl.Trainer:
+def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
+                 extra_callbacks: list | None = None) -> pl.Trainer:
     tc = cfg.trainer
     loggers = []
     if "csv" in tc.loggers:
-        loggers.append(pl.loggers.CSVLogger(run_dir, name="logs", version="csv"))
+        loggers.append(pl.loggers.CSVLogger(run_dir / "logs", name="csv"))
     if "tensorboard" in tc.loggers:
-        loggers.append(pl.loggers.TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
+        loggers.append(pl.loggers.TensorBoardLogger(run_dir / "logs", name="tensorboard"))
     if "wandb" in tc.loggers:
         loggers.append(pl.loggers.WandbLogger(save_dir=run_dir, project="duo"))
+    # Each launch logs to a new version folder, so a resumed run never overwrites old logs.
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="step_{step}", auto_insert_metric_name=False,
             every_n_train_steps=tc.ckpt_every, save_top_k=-1, save_last=True,
         ),
         MetricsHistory(run_dir, tc.log_every),
+        *(extra_callbacks or []),
     ]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -119,8 +122,11 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str) -
     )
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) the run described by ``cfg``; returns where it went."""
+def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; returns where it went.
+
+    ``callbacks`` are extra Lightning callbacks (e.g. custom logging).
+    """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     accel, world = resolve_world(cfg)
@@ -135,7 +141,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     module = DiffusionLM(cfg, tokenizer.vocab_size, tokenizer_files=data.tokenizer_files())
     data.check_model(module.backbone)
 
-    trainer = make_trainer(cfg, run_dir, accumulate, accel)
+    trainer = make_trainer(cfg, run_dir, accumulate, accel, callbacks)
     if trainer.is_global_zero:
         save_yaml(cfg.to_dict(), run_dir / "config.yaml")
         tokenizer.save(run_dir / "tokenizer")

@@ -1,0 +1,189 @@
+"""Loading and exporting trained models, without Lightning and without running code.
+
+- ``load_checkpoint(path)``: a run directory or a ``.ckpt`` written by ``duo train`` /
+  ``duo distill`` (config and tokenizer travel inside as plain data).
+- ``export_pretrained`` / ``load_pretrained``: a folder with ``model.safetensors``,
+  ``config.yaml`` and ``tokenizer/`` (Hugging Face style).
+- ``load_published``: Duo / MDLM weights in the published layout (Lightning ``.ckpt``
+  with ``backbone.``-prefixed keys and an ``ema`` entry, or a safetensors/bin state
+  dict), given the algo, model preset and tokenizer they were trained with.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import save_yaml, load_yaml
+from .data import load_tokenizer
+from .experiment import TrainConfig, build_config
+from .models import strip_prefix
+from .utils.io import atomic_path
+
+
+@dataclass
+class LoadedModel:
+    cfg: TrainConfig
+    method: Any
+    backbone: nn.Module
+    tokenizer: Any
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algo(self) -> str:
+        return self.cfg.algo
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its ``checkpoints/last.ckpt``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt", p / "model.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"no checkpoint in {str(p)!r} (looked for checkpoints/last.ckpt and model.safetensors); "
+            "pass a .ckpt file or a run directory"
+        )
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist; pass a .ckpt file or a run directory")
+    return p
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` and a clear error for corrupt files."""
+    p = resolve_checkpoint(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a torch checkpoint ({type(err).__name__})") from None
+
+
+def _tokenizer_from_files(files: dict[str, str]):
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        return load_tokenizer(tmp)
+
+
+def _check_vocab(tokenizer, expected: int, where: str) -> None:
+    if tokenizer.vocab_size != expected:
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name', '?')!r} has {tokenizer.vocab_size} ids but {where} "
+            f"was trained with {expected}; use the tokenizer saved with the checkpoint"
+        )
+
+
+def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None, path: Path,
+                 metadata: dict | None = None, use_ema: bool = True) -> LoadedModel:
+    from .training.module import build_method
+
+    backbone, method = build_method(cfg, tokenizer.vocab_size)
+    weights = strip_prefix(state_dict, "backbone.")
+    missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the {cfg.algo}/{cfg.model_preset} model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check algo and model settings"
+        )
+    if use_ema and ema is not None:
+        shadow = ema["shadow_params"]
+        params = list(backbone.parameters())
+        if len(shadow) != len(params):
+            raise ValueError(f"EMA in {str(path)!r} has {len(shadow)} tensors for {len(params)} parameters")
+        with torch.no_grad():
+            for p, s in zip(params, shadow):
+                p.copy_(s.to(p.dtype))
+    backbone.eval()
+    return LoadedModel(cfg, method, backbone, tokenizer, path, dict(metadata or {}))
+
+
+def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,
+                    device: str | torch.device = "cpu") -> LoadedModel:
+    """Model, method and tokenizer from a ``duo`` checkpoint or run directory."""
+    p = resolve_checkpoint(path)
+    if p.suffix == ".safetensors":
+        return load_pretrained(p.parent, device=device)
+    ckpt = read_checkpoint(p)
+    meta = ckpt.get("duo")
+    if meta is None:
+        raise ValueError(
+            f"{str(p)!r} has no duo metadata (a published checkpoint?); use "
+            "duo.checkpoints.load_published(path, algo=..., model=..., tokenizer=...)"
+        )
+    cfg = build_config(dict(meta["config"]))
+    saved_tok = _tokenizer_from_files(meta["tokenizer_files"])
+    if tokenizer is not None:
+        _check_vocab(tokenizer, saved_tok.vocab_size, f"checkpoint {str(p)!r}")
+    tok = tokenizer or saved_tok
+    loaded = build_loaded(cfg, tok, ckpt["state_dict"], ckpt.get("ema"), p, meta.get("metadata"), use_ema)
+    loaded.backbone.to(device)
+    return loaded
+
+
+def export_pretrained(loaded: LoadedModel, out_dir: str | Path) -> Path:
+    """Write ``model.safetensors`` (EMA weights if loaded so), ``config.yaml``, ``tokenizer/``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded.backbone.state_dict().items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "algo": loaded.algo})
+    save_yaml({**loaded.cfg.to_dict(), "metadata": loaded.metadata}, out / "config.yaml")
+    loaded.tokenizer.save(out / "tokenizer")
+    return out
+
+
+def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Inverse of :func:`export_pretrained`."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{str(d)!r} has no model.safetensors; pass a folder written by export")
+    data = load_yaml(d / "config.yaml")
+    metadata = data.pop("metadata", {}) or {}
+    cfg = build_config(data)
+    tok = load_tokenizer(d / "tokenizer")
+    loaded = build_loaded(cfg, tok, load_file(str(d / "model.safetensors")), None, d, metadata)
+    loaded.backbone.to(device)
+    return loaded
+
+
+def load_published(path: str | Path, *, algo: str = "duo", model: str = "small", tokenizer=None,
+                   seq_len: int = 1024, use_ema: bool = True, overrides: list[str] | None = None) -> LoadedModel:
+    """Weights in the published Duo / MDLM layout (``s-sahoo/duo``, ``kuleshov-group/mdlm-owt``).
+
+    ``path`` is a Lightning ``.ckpt`` (``state_dict`` with ``backbone.`` keys, optional
+    ``ema``), a ``.safetensors`` or ``.bin`` state dict, or a folder holding one.
+    ``tokenizer`` is a ``duo.data`` tokenizer (default: GPT-2 through Hugging Face).
+    """
+    from .data import get_tokenizer
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = [c for n in ("model.safetensors", "pytorch_model.bin", "last.ckpt") if (c := p / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or last.ckpt in {str(p)!r}")
+        p = found[0]
+    if not p.is_file():
+        raise FileNotFoundError(f"published checkpoint {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state, ema = load_file(str(p)), None
+    else:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", ckpt)
+        ema = ckpt.get("ema") if isinstance(ckpt, dict) else None
+    tok = tokenizer or get_tokenizer("gpt2")
+    # Published models embed the tokenizer's ids (MDLM: plus the mask); take K from the weights.
+    cfg = build_config([f"algo={algo}", f"model={model}", f"data.seq_len={seq_len}", *(overrides or [])])
+    return build_loaded(cfg, tok, state, ema, p, {"published": True}, use_ema)

@@ -1,0 +1,134 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from duo.config import ConfigError
+from duo.experiment import build_config
+from duo.training import train
+from duo.training.checkpoint_io import AtomicCheckpointIO
+
+from conftest import tiny_overrides
+
+
+def losses(run_dir) -> dict[int, float]:
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["split"] == "train":
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+@pytest.mark.parametrize("algo", ["duo", "mdlm", "ar"])
+def test_a_few_steps_lower_the_loss(algo, tiny_corpus, duo_cache, tmp_path):
+    cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / algo, f"algo={algo}",
+                                      "trainer.max_steps=40"))
+    result = train(cfg)
+    curve = losses(result.run_dir)
+    first = sum(curve[s] for s in range(1, 6)) / 5
+    last = sum(curve[s] for s in range(36, 41)) / 5
+    assert last < 0.8 * first, (first, last)
+    assert result.val_ppl is not None and result.val_ppl > 1
+    assert (result.run_dir / "plots" / "training.png").is_file()
+    assert (result.run_dir / "config.yaml").is_file()
+    assert result.checkpoint.is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_corpus, duo_cache, tmp_path):
+    base = tiny_overrides(tiny_corpus, duo_cache, tmp_path / "full", "trainer.max_steps=10",
+                          "trainer.ckpt_every=5", "trainer.batch_size=4", "trainer.micro_batch_size=2")
+    full = losses(train(build_config(base)).run_dir)
+
+    part_dir = tmp_path / "part"
+    part = tiny_overrides(tiny_corpus, duo_cache, part_dir, "trainer.ckpt_every=5",
+                          "trainer.batch_size=4", "trainer.micro_batch_size=2")
+    train(build_config([*part, "trainer.max_steps=5"]))
+    train(build_config([*part, "trainer.max_steps=10"]))  # resumes from last.ckpt
+    resumed = losses(part_dir)
+    for step in range(6, 11):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def crash(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_corpus, duo_cache, tmp_path):
+    overrides = tiny_overrides(tiny_corpus, duo_cache, tmp_path / "ddp", "trainer.max_steps=4",
+                               "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(f"""
+        import hashlib, sys
+        import lightning.pytorch as pl
+        from duo.experiment import build_config
+        from duo.training import train
+
+        class Fingerprint(pl.Callback):
+            def on_train_end(self, trainer, module):
+                h = hashlib.sha256()
+                for p in module.backbone.parameters():
+                    h.update(p.detach().cpu().numpy().tobytes())
+                out = {str(tmp_path)!r} + f"/rank{{trainer.global_rank}}.txt"
+                open(out, "w").write(h.hexdigest())
+
+        train(build_config({overrides!r}), callbacks=[Fingerprint()])
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fingerprints = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert fingerprints[0] == fingerprints[1]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["algo=diffusion"], "valid algos: ar, duo, mdlm"),
+        (["model=huge"], "valid presets: .*small.*tiny"),
+        (["trainer.max_stepz=3"], "unknown key trainer.max_stepz"),
+        (["trainer.max_steps=many"], "trainer.max_steps='many' has the wrong type"),
+        (["algo.curriculum=half"], "algo.curriculum='half' is not one of"),
+        (["algo=ar", "algo.tau=0.1"], "unknown key algo.tau"),
+        (["trainer.batch_size=10", "trainer.micro_batch_size=4"], None),
+        (["oops"], "not key=value"),
+    ],
+)
+def test_bad_config_gives_one_line_errors(overrides, match, tmp_path):
+    if match is None:  # an error only known once the world size is
+        from duo.training.run import batch_plan
+
+        with pytest.raises(ConfigError, match="not a multiple"):
+            batch_plan(build_config(overrides), world=1)
+        return
+    with pytest.raises(ValueError, match=match) as info:
+        build_config(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    from duo.config import load_yaml, save_yaml
+
+    cfg = build_config(["algo=duo", "algo.curriculum=topk", "model.hidden_size=64", "trainer.lr=1e-4"])
+    save_yaml(cfg.to_dict(), tmp_path / "c.yaml")
+    again = build_config([f"config={tmp_path / 'c.yaml'}"])
+    assert again.to_dict() == cfg.to_dict()
+    assert again.algo_cfg.curriculum == "topk" and again.model.hidden_size == 64
+    # a selection change drops the previous method's fields
+    assert build_config([f"config={tmp_path / 'c.yaml'}", "algo=mdlm"]).algo == "mdlm"
