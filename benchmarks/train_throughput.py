@@ -1,0 +1,112 @@
+"""Training throughput (tokens/s) and model-FLOPs utilisation of a full optimiser step.
+
+    python benchmarks/train_throughput.py --presets tiny small --batch 8 --seq-len 128
+    python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --compile   # GPU
+
+One step = Duo's discrete loss (forward noise, DiT forward, NELBO), backward, AdamW.
+On CUDA the step runs under bf16 autocast. MFU = tokens/s x FLOPs/token / peak, with
+FLOPs/token from ``duo.models.flops_per_token`` (6 N + 12 n_blocks L D) and the
+peak given by ``--peak-tflops`` (H100 SXM dense bf16: 989).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+
+import torch
+
+from duo.experiment import build_config
+from duo.models import count_parameters, flops_per_token
+from duo.training.module import build_method
+
+
+def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device: str,
+          compile_model: bool, vocab: int, algo: str, curriculum: str) -> dict:
+    overrides = [f"algo={algo}", f"model={preset}", f"model.max_seq_len={max(seq_len, 8)}"]
+    if algo == "duo" and curriculum != "none":
+        overrides += [f"algo.curriculum={curriculum}", "algo.curriculum_steps=1000000"]
+    cfg = build_config(overrides)
+    backbone, method = build_method(cfg, vocab)
+    backbone.to(device).train()
+    backbone.check_inputs = False
+    if compile_model:
+        method.backbone = torch.compile(backbone)
+    opt = torch.optim.AdamW(backbone.parameters(), lr=1e-4, fused=device == "cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, vocab, (batch, seq_len), device=device, generator=gen)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
+                else contextlib.nullcontext())
+
+    def step():
+        t = torch.rand(batch, device=device, generator=gen) * 0.999 + 1e-3
+        with autocast:
+            out = method.training_loss({"input_ids": x}, t, step=0, generator=gen)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    tok_s = batch * seq_len / dt
+    fpt = flops_per_token(backbone.config, seq_len)
+    return {
+        "preset": preset, "algo": algo, "curriculum": curriculum, "device": device,
+        "compile": compile_model, "batch": batch, "seq_len": seq_len, "vocab": vocab,
+        "params": count_parameters(backbone), "step_s": dt, "tokens_per_s": tok_s,
+        "tflops": tok_s * fpt / 1e12,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--tiny-vocab", type=int, default=4096)
+    ap.add_argument("--algo", default="duo")
+    ap.add_argument("--curriculum", default="none", choices=["none", "full", "topk"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--json", help="append results as JSON lines to this file")
+    args = ap.parse_args()
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    rows = []
+    for preset in args.presets:
+        vocab = args.tiny_vocab if preset == "tiny" else args.vocab
+        rows.append(bench(preset, args.batch, args.seq_len, args.steps, args.warmup, args.device,
+                          args.compile, vocab, args.algo, args.curriculum))
+    print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("| preset | algo | curriculum | compile | B x L | K | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = r["tflops"] / args.peak_tflops if args.device == "cuda" else float("nan")
+        mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
+        print(f"| {r['preset']} | {r['algo']} | {r['curriculum']} | {r['compile']} | {r['batch']} x {r['seq_len']} | "
+              f"{r['vocab']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} | "
+              f"{mfu:.1%} | {mem} |")
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps({**r, "mfu": mfu}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
