@@ -1,0 +1,222 @@
+"""Corpora by name: a registry of constructors plus local text files.
+
+A :class:`Corpus` is a named source of documents per split with a fingerprint that
+changes whenever its content would, so caches built from it can be keyed on it. Registered
+names map to constructors (``builtin`` here, the Hugging Face corpora in ``hf.py``);
+anything else is read as a local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from duo.data.builtin import builtin_documents
+
+__all__ = [
+    "CORPORA",
+    "Corpus",
+    "CorpusOptions",
+    "corpus_names",
+    "get_corpus",
+    "hash_split",
+    "read_local_documents",
+    "register_corpus",
+]
+
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A named collection of documents per split.
+
+    ``fingerprint`` identifies the content (and how it is split); ``default_tokenizer``
+    is what :func:`duo.data.get_tokenizer` uses when the config names none.
+    """
+
+    name: str
+    fingerprint: str
+    default_tokenizer: str
+    reader: Callable[[str], Sequence[str]] = field(repr=False, compare=False)
+    splits: tuple[str, ...] = SPLITS
+
+    def documents(self, split: str) -> Sequence[str]:
+        """Documents of ``split`` in a fixed order (a lazy sequence for big corpora)."""
+        if split not in self.splits:
+            raise ValueError(f"corpus {self.name!r} has no split {split!r}; pick one of {list(self.splits)}")
+        return self.reader(split)
+
+
+@dataclass(frozen=True)
+class CorpusOptions:
+    """Options every corpus constructor receives; each uses the ones that apply to it.
+
+    ``data_files`` points a Hugging Face corpus at local files in the hub's format (one
+    entry per hub split, e.g. ``{"train": "owt.jsonl"}``), which is also how tests run
+    offline. ``overrides`` replaces fields of a Hugging Face corpus spec
+    (``path``, ``config``, ``revision``, ``holdout``, ...).
+    """
+
+    text_field: str | None = None
+    val_fraction: float = 0.03
+    data_files: Mapping[str, str | Sequence[str]] | None = None
+    cache_dir: str | None = None
+    detokenize: bool = True
+    overrides: Mapping[str, Any] | None = None
+
+
+CorpusFactory = Callable[[CorpusOptions], Corpus]
+CORPORA: dict[str, CorpusFactory] = {}
+
+
+def register_corpus(name: str, factory: CorpusFactory | None = None):
+    """Register ``factory`` under ``name``; usable as a decorator."""
+
+    def add(fn: CorpusFactory) -> CorpusFactory:
+        if name in CORPORA:
+            raise ValueError(f"corpus {name!r} is already registered; pick another name")
+        CORPORA[name] = fn
+        return fn
+
+    return add(factory) if factory is not None else add
+
+
+def corpus_names() -> list[str]:
+    """Registered corpus names, sorted."""
+    return sorted(CORPORA)
+
+
+def _bucket(doc: str) -> float:
+    # sha256, not hash(): the split must not change with PYTHONHASHSEED or across processes.
+    digest = hashlib.sha256(doc.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hash_split(docs: Sequence[str], split: str, val_fraction: float) -> list[str]:
+    """Deterministic train/validation split by a stable hash of each document.
+
+    A document goes to validation when its hash falls below ``val_fraction``. A small
+    corpus whose hashes all miss still gets one validation document (the lowest hash),
+    so every corpus with two or more documents has both splits and they never overlap.
+    """
+    buckets = [_bucket(doc) for doc in docs]
+    is_val = [b < val_fraction for b in buckets]
+    if not any(is_val) and len(docs) >= 2:
+        is_val[min(range(len(docs)), key=buckets.__getitem__)] = True
+    want_val = split == "validation"
+    return [doc for doc, v in zip(docs, is_val) if v == want_val]
+
+
+def _content_fingerprint(kind: str, docs: Sequence[str], *extra: object) -> str:
+    h = hashlib.sha256(json.dumps([kind, *map(str, extra)]).encode())
+    for doc in docs:
+        h.update(hashlib.sha256(doc.encode("utf-8")).digest())
+    return h.hexdigest()
+
+
+def _split_corpus(name: str, docs: Sequence[str], kind: str, val_fraction: float, tokenizer: str) -> Corpus:
+    split_docs = {split: hash_split(docs, split, val_fraction) for split in SPLITS}
+    fingerprint = _content_fingerprint(kind, docs, val_fraction)
+    return Corpus(name, fingerprint, tokenizer, reader=split_docs.__getitem__)
+
+
+@register_corpus("builtin")
+def _builtin(options: CorpusOptions) -> Corpus:
+    return _split_corpus("builtin", builtin_documents(), "builtin", options.val_fraction, "bpe")
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[str]:
+    docs = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}:{lineno} is not valid JSON ({exc.msg}); write one JSON object per line"
+                ) from None
+            if not isinstance(record, dict) or text_field not in record:
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"{path}:{lineno} has no text field {text_field!r} (has {keys}); set text_field")
+            docs.append(str(record[text_field]))
+    return docs
+
+
+def read_local_documents(path: str | Path, text_field: str = "text") -> list[str]:
+    """Documents of a local corpus.
+
+    A ``.txt`` file holds documents separated by blank lines; a directory holds one
+    document per ``.txt`` file (recursively, in sorted path order); a ``.jsonl`` file
+    holds one JSON object per line with the text under ``text_field``.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"corpus path {str(path)!r} does not exist; pass an existing .txt/.jsonl file or directory"
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"corpus directory {str(path)!r} has no .txt files; add some or pass a file")
+        docs = [p.read_text(encoding="utf-8").strip() for p in files]
+    elif path.suffix == ".txt":
+        docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", path.read_text(encoding="utf-8"))]
+    elif path.suffix == ".jsonl":
+        docs = _read_jsonl(path, text_field)
+    else:
+        raise ValueError(f"unsupported corpus file {str(path)!r}; use .txt, .jsonl or a directory of .txt files")
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise ValueError(f"corpus {str(path)!r} is empty; add text (documents separated by blank lines)")
+    return docs
+
+
+def _local(path: Path, options: CorpusOptions) -> Corpus:
+    text_field = options.text_field or "text"
+    docs = read_local_documents(path, text_field)
+    # The resolved path names the corpus, so "./a.txt" and "/abs/a.txt" share cache entries.
+    return _split_corpus(str(path.resolve()), docs, f"local:{text_field}", options.val_fraction, "bpe")
+
+
+def is_path_like(name: str) -> bool:
+    """Whether ``name`` was meant as a file path (so a miss is FileNotFoundError, not unknown name)."""
+    return any(ch in name for ch in "/\\") or name.startswith((".", "~")) or Path(name).suffix in (".txt", ".jsonl")
+
+
+def get_corpus(
+    name_or_path: str,
+    *,
+    text_field: str | None = None,
+    val_fraction: float = 0.03,
+    data_files: Mapping[str, str | Sequence[str]] | None = None,
+    cache_dir: str | None = None,
+    detokenize: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> Corpus:
+    """A registered corpus, ``hf:<dataset>`` for any Hugging Face dataset, or a local path."""
+    options = CorpusOptions(text_field, val_fraction, data_files, cache_dir, detokenize, overrides)
+    if name_or_path in CORPORA:
+        return CORPORA[name_or_path](options)
+    if name_or_path.startswith("hf:"):
+        from duo.data.hf import generic_hf_corpus
+
+        return generic_hf_corpus(name_or_path[3:], options)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _local(path, options)
+    if is_path_like(name_or_path):
+        raise FileNotFoundError(
+            f"corpus path {name_or_path!r} does not exist; pass an existing .txt/.jsonl file or directory, "
+            f"or one of {corpus_names()}"
+        )
+    raise ValueError(
+        f"unknown corpus {name_or_path!r}; pick one of {corpus_names()}, a local .txt/.jsonl file or "
+        "directory, or 'hf:<dataset>'"
+    )
