@@ -62,11 +62,12 @@ def usdm_nelbo(
     a = a.broadcast_to(z_t.shape)
     b = (1.0 - a).clamp_min(torch.finfo(dtype).tiny)
     r = K * a / b  # (B, L)
-    x_theta = log_x_theta.to(dtype).exp()
-    log_xh_theta = torch.log1p(r[..., None] * x_theta)  # (B, L, K)
-    lam = log_xh_theta.sum(-1)
-    a_i = log_xh_theta.gather(-1, z_t[..., None]).squeeze(-1)
-    c_x = log_xh_theta.gather(-1, x[..., None]).squeeze(-1)
+    log_x_theta = log_x_theta.to(dtype)
+    lam = torch.log1p(r[..., None] * log_x_theta.exp()).sum(-1)
+    # One gather for both indices: its backward is a single scatter over (B, L, K).
+    picked = log_x_theta.gather(-1, torch.stack([z_t, x], -1))  # (B, L, 2)
+    log_xh_picked = torch.log1p(r[..., None] * picked.exp())
+    a_i, c_x = log_xh_picked.unbind(-1)
     hit = (z_t == x).to(dtype)
     log1p_r = torch.log1p(r)
     xh_i = 1.0 + r * hit
