@@ -1,0 +1,142 @@
+"""Generate from a method: pick a sampler that fits its process, run, decode.
+
+The one place that connects methods (which own a backbone and a schedule) to the
+samplers (which only see a denoiser callable).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .samplers import Conditioning, generate, generate_ar, get_sampler
+
+# sampler name -> processes it can run on
+SAMPLER_PROCESSES: dict[str, tuple[str, ...]] = {
+    "ancestral": ("uniform",),
+    "greedy_tail": ("uniform",),
+    "psi": ("uniform", "absorbing"),
+    "mdlm": ("absorbing",),
+    "ar": ("causal",),
+}
+DEFAULT_SAMPLER = {"uniform": "ancestral", "absorbing": "mdlm", "causal": "ar"}
+
+
+@dataclass
+class Generation:
+    tokens: Tensor  # (B, L)
+    texts: list[str]
+    nfe: int
+    seconds: float
+    intermediates: list[Tensor] | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens.numel() / max(self.seconds, 1e-9)
+
+
+def resolve_sampler(method, name: str | None) -> str:
+    """The sampler to use for ``method`` (its default when ``name`` is None or "auto")."""
+    if name in (None, "auto"):
+        return DEFAULT_SAMPLER[method.process]
+    if name not in SAMPLER_PROCESSES:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLER_PROCESSES))}")
+    if method.process not in SAMPLER_PROCESSES[name]:
+        fits = [n for n, procs in SAMPLER_PROCESSES.items() if method.process in procs]
+        raise ValueError(
+            f"sampler {name!r} does not fit a {method.name} checkpoint ({method.process} process); "
+            f"use one of {', '.join(fits)}"
+        )
+    return name
+
+
+def _denoiser(method):
+    def denoise(z: Tensor, alpha_t: Tensor) -> Tensor:
+        return method.denoiser(z, alpha_t)
+
+    time_conditioned = method.process != "absorbing" or bool(getattr(method.cfg, "time_conditioning", True))
+    denoise.time_conditioned = time_conditioned  # type: ignore[attr-defined]
+    return denoise
+
+
+@torch.no_grad()
+def generate_tokens(
+    method,
+    *,
+    num_samples: int,
+    seq_len: int,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int | None = 0,
+    prefix: Tensor | None = None,
+    suffix: Tensor | None = None,
+    clamp: Conditioning | None = None,
+    options: dict[str, Any] | None = None,
+    schedule=None,
+    device: torch.device | str | None = None,
+    return_intermediates: bool = False,
+    progress: bool = False,
+) -> tuple[Tensor, int, list[Tensor] | None]:
+    """Token ids (B, L), network evaluations and optional intermediate states."""
+    name = resolve_sampler(method, sampler)
+    options = dict(options or {})
+    device = device or next(method.backbone.parameters()).device
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if name == "ar":
+        if suffix is not None or clamp is not None:
+            raise ValueError("the autoregressive sampler only conditions on a prefix")
+        out = generate_ar(method.next_token_logits, batch_size=num_samples, seq_len=seq_len,
+                          prefix=prefix, seed=seed, device=device, progress=progress, **options)
+        return out.tokens, out.nfe, None
+    if method.process == "absorbing":
+        options.setdefault("mask_id", method.mask_id)
+        options.setdefault("process", "absorbing")
+    conds = [c for c in (clamp,
+                         Conditioning.prefix(prefix, seq_len) if prefix is not None else None,
+                         Conditioning.suffix(suffix, seq_len) if suffix is not None else None) if c is not None]
+    cond = None
+    if conds:
+        mask, ids = conds[0].mask, conds[0].ids
+        for c in conds[1:]:
+            mask, ids = torch.broadcast_tensors(mask, c.mask)[0] | c.mask, torch.where(c.mask, c.ids, ids)
+        cond = Conditioning.from_mask(mask, ids)
+    was_training = method.backbone.training
+    method.backbone.eval()
+    try:
+        out = generate(
+            get_sampler(name, **options), _denoiser(method), schedule or method.schedule,
+            batch_size=num_samples, seq_len=seq_len, vocab_size=method.vocab_size, steps=steps,
+            seed=seed, device=device, clamp=cond, return_intermediates=return_intermediates,
+            progress=progress,
+        )
+    finally:
+        method.backbone.train(was_training)
+    return out.tokens, out.nfe, out.intermediates
+
+
+def decode(tokenizer, tokens: Tensor, mask_id: int | None = None) -> list[str]:
+    """Texts of (B, L) ids; ids the tokenizer does not know (the mask) are dropped."""
+    texts = []
+    for row in tokens.tolist():
+        ids = [i for i in row if i < tokenizer.vocab_size and i != mask_id]
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return texts
+
+
+def generate_text(method, tokenizer, *, num_samples: int, seq_len: int, prompt: str | None = None,
+                  **kwargs) -> Generation:
+    """Generate and decode; ``prompt`` is encoded and clamped as a prefix."""
+    prefix = kwargs.pop("prefix", None)
+    if prompt is not None:
+        prefix = torch.tensor(tokenizer.encode(prompt), dtype=torch.long)
+    start = time.perf_counter()
+    tokens, nfe, inter = generate_tokens(method, num_samples=num_samples, seq_len=seq_len,
+                                         prefix=prefix, **kwargs)
+    seconds = time.perf_counter() - start
+    texts = decode(tokenizer, tokens, getattr(method, "mask_id", None))
+    return Generation(tokens.cpu(), texts, nfe, seconds, inter)

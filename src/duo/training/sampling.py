@@ -1,0 +1,32 @@
+"""Samples at the end of training, drawn with the EMA weights and saved in the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..generation import generate_text
+from ..utils.io import atomic_write_text
+
+
+def sample_texts(module, tokenizer, sample_cfg, run_dir: Path) -> list[str]:
+    method = module.method
+    ctx = module.ema.swapped_in(module.backbone) if module.ema is not None else None
+    if ctx is not None:
+        ctx.__enter__()
+    try:
+        sampler = sample_cfg.sampler
+        if sampler == "ancestral" and method.process != "uniform":
+            sampler = None  # the method's own default (mdlm / ar)
+        gen = generate_text(
+            method, tokenizer, num_samples=sample_cfg.num_samples,
+            seq_len=module.cfg.data.seq_len, sampler=sampler, steps=sample_cfg.steps, seed=0,
+        )
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+    out = Path(run_dir) / "samples"
+    atomic_write_text(out / f"step_{module.global_step}.json",
+                      json.dumps({"step": module.global_step, "sampler": sampler or "default",
+                                  "steps": sample_cfg.steps, "texts": gen.texts}, indent=1))
+    return gen.texts
