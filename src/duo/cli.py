@@ -55,11 +55,11 @@ def _lazy(module: str, attr: str) -> Callable[[list[str]], int]:
 
 
 COMMANDS["sample"] = ("generate text from a checkpoint (checkpoint=..., sampler=..., steps=...)",
-                      _lazy(".commands", "sample_main"))
+                      _lazy(".commands.sample", "main"))
 COMMANDS["eval"] = ("evaluate a checkpoint (metrics=ppl,zero-shot,gen-ppl data=...)",
-                    _lazy(".commands", "eval_main"))
+                    _lazy(".commands.evaluate", "main"))
 COMMANDS["distill"] = ("distil a Duo checkpoint into a few-step sampler (checkpoint=..., distill.*=...)",
-                       _lazy(".commands", "distill_main"))
+                       _lazy(".commands.distill", "main"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
