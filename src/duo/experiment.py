@@ -134,14 +134,19 @@ def default_run_dir(algo: str) -> str:
 
 
 def build_config(
-    overrides: Sequence[str] | dict[str, Any] = (), config_file: str | Path | None = None
+    overrides: Sequence[str] | dict[str, Any] = (),
+    config_file: str | Path | None = None,
+    base: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults, then ``config_file`` (or ``config=<path>`` among the overrides), then
-    overrides. Raises ``ConfigError`` (a ``ValueError``) naming any bad key or value."""
+    """Defaults (or ``base``, e.g. a saved run's config), then ``config_file`` (or
+    ``config=<path>`` among the overrides), then overrides. Raises ``ConfigError`` (a
+    ``ValueError``) naming any bad key or value."""
     update = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
     update = _normalise(update)
     file_path = update.pop("config", None) or config_file
     merged: dict[str, Any] = {"algo": {"_name": "duo"}, "model": {"_name": "tiny"}}
+    if base is not None:
+        merged = merge(merged, _normalise(base))
     if file_path is not None:
         merged = merge(merged, _normalise(load_yaml(file_path)))
     merged = merge(merged, update)

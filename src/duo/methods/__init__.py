@@ -11,7 +11,8 @@ from typing import Any
 
 from .ar import ArMethod
 from .base import LossOutput, reduce_tokens
-from .configs import ArConfig, DuoConfig, MdlmConfig
+from .configs import ArConfig, DistillConfig, DuoConfig, MdlmConfig
+from .distill import DistillMethod, round_and_delta
 from .duo import DuoMethod, curriculum_length, tau_at
 from .mdlm import MdlmMethod
 
@@ -28,6 +29,7 @@ METHODS: dict[str, MethodSpec] = {
     "duo": MethodSpec(DuoConfig, DuoMethod, causal=False, time_conditioning_field=None),
     "mdlm": MethodSpec(MdlmConfig, MdlmMethod, causal=False, time_conditioning_field="time_conditioning"),
     "ar": MethodSpec(ArConfig, ArMethod, causal=True, time_conditioning_field=None),
+    "distill": MethodSpec(DistillConfig, DistillMethod, causal=False, time_conditioning_field=None),
 }
 
 
@@ -49,5 +51,5 @@ def model_overrides(name: str, algo_cfg: Any) -> dict[str, Any]:
 __all__ = [
     "METHODS", "MethodSpec", "get_method_spec", "model_overrides", "LossOutput", "reduce_tokens",
     "DuoMethod", "MdlmMethod", "ArMethod", "DuoConfig", "MdlmConfig", "ArConfig",
-    "curriculum_length", "tau_at",
+    "curriculum_length", "tau_at", "DistillConfig", "DistillMethod", "round_and_delta",
 ]

@@ -99,3 +99,45 @@ class ArConfig:
 
     def validate(self) -> "ArConfig":
         return self
+
+
+@dataclass
+class DistillConfig:
+    """Discrete Consistency Distillation of a Duo model (MATH.md section 6).
+
+    Round ``n`` (of ``rounds``, ``steps_per_round`` optimiser steps each) uses the step
+    ``delta = 2^n / T0``; at each round's end the teacher becomes the student's current
+    weights (``teacher="ema"``: its EMA weights). Times map to the Gaussian path
+    ``gamma = gamma_min + t (gamma_max - gamma_min)`` (official code: [-4, -1]).
+    ``sample_steps`` / ``sample_sampler`` are saved with the student as its defaults.
+    """
+
+    schedule: str = "loglinear"
+    eps: float = 1e-3
+    rounds: int = 5
+    steps_per_round: int = 10_000
+    T0: int = 512
+    loss: Literal["reverse", "forward"] = "reverse"
+    teacher: Literal["student", "ema"] = "student"
+    gamma_min: float = -4.0
+    gamma_max: float = -1.0
+    sample_steps: int = 8
+    sample_sampler: str = "greedy_tail"
+
+    def validate(self) -> "DistillConfig":
+        _check_schedule(self.schedule, self.eps)
+        for name in ("rounds", "steps_per_round", "T0", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"distill.{name}={getattr(self, name)} must be >= 1")
+        if 2 ** (self.rounds - 1) >= self.T0:
+            raise ValueError(
+                f"distill.rounds={self.rounds} with T0={self.T0} makes the last step "
+                f"delta = 2^{self.rounds - 1}/{self.T0} >= 1; use fewer rounds or a larger T0"
+            )
+        if not self.gamma_min < self.gamma_max:
+            raise ValueError(f"distill.gamma_min={self.gamma_min} must be below gamma_max={self.gamma_max}")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.rounds * self.steps_per_round

@@ -38,8 +38,8 @@ class MetricsHistory(pl.Callback):
             return
         metrics = trainer.callback_metrics
         record = {"step": step, "split": "train"}
-        for key in ("train/loss", "train/tok_per_s", "train/tau", "train/phase_curriculum"):
-            if key in metrics and (value := _scalar(metrics[key])) is not None:
+        for key, value in metrics.items():
+            if key.startswith("train/") and (value := _scalar(value)) is not None:
                 record[key.split("/", 1)[1]] = value
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         self.train.append(record)

@@ -44,12 +44,16 @@ def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | N
 
 
 class DiffusionLM(pl.LightningModule):
-    def __init__(self, cfg: TrainConfig, tokenizer_vocab_size: int, tokenizer_files: dict | None = None):
+    def __init__(self, cfg: TrainConfig, tokenizer_vocab_size: int, tokenizer_files: dict | None = None,
+                 init_weights: dict | None = None, metadata: dict | None = None):
         super().__init__()
         self.cfg = cfg
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.tokenizer_files = tokenizer_files or {}
+        self.metadata = dict(metadata or {})
         self.backbone, self.method = build_method(cfg, tokenizer_vocab_size)
+        if init_weights is not None:
+            self.backbone.load_state_dict(init_weights)
         self.ema = EMA(self.backbone, cfg.trainer.ema) if cfg.trainer.ema > 0 else None
         self._val_sum = self._val_count = None
         self._last_time: float | None = None
@@ -88,7 +92,7 @@ class DiffusionLM(pl.LightningModule):
         self.log("train/loss", out.loss.detach(), prog_bar=True)
         self.log("train/phase_curriculum", float(self.method.phase(step) == "curriculum"))
         for k, v in out.metrics.items():
-            self.log(f"train/{k}", v, prog_bar=(k == "tau"))
+            self.log(f"train/{k}", v, prog_bar=k in ("tau", "round", "delta"))
         now = time.perf_counter()
         if self._last_time is not None and micro == 0:
             tokens = x.numel() * self.trainer.world_size * self.accumulate
@@ -154,6 +158,7 @@ class DiffusionLM(pl.LightningModule):
             "config": self.cfg.to_dict(),
             "tokenizer_vocab_size": self.tokenizer_vocab_size,
             "tokenizer_files": self.tokenizer_files,
+            "metadata": self.metadata,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

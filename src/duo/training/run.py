@@ -122,10 +122,13 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
     )
 
 
-def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
+def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | None = None,
+          metadata: dict | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns where it went.
 
-    ``callbacks`` are extra Lightning callbacks (e.g. custom logging).
+    ``callbacks`` are extra Lightning callbacks (e.g. custom logging); ``init_weights``
+    a backbone state dict to start from (fine-tuning, distillation); ``metadata`` plain
+    data saved in every checkpoint (e.g. a distilled model's sampling defaults).
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +141,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     data = TextDataModule(cfg, micro)
     data.prepare_data()
     tokenizer = data.tokenizer
-    module = DiffusionLM(cfg, tokenizer.vocab_size, tokenizer_files=data.tokenizer_files())
+    module = DiffusionLM(cfg, tokenizer.vocab_size, tokenizer_files=data.tokenizer_files(),
+                         init_weights=init_weights, metadata=metadata)
     data.check_model(module.backbone)
 
     trainer = make_trainer(cfg, run_dir, accumulate, accel, callbacks)

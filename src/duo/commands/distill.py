@@ -1,0 +1,21 @@
+"""``duo distill checkpoint=<duo run> distill.rounds=5 distill.steps_per_round=10000 ...``"""
+
+from __future__ import annotations
+
+from ..config import ConfigError
+
+
+def main(args: list[str]) -> int:
+    from ..training.distill import distill
+
+    checkpoint = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint=")]
+    if not checkpoint:
+        raise ConfigError("duo distill needs checkpoint=<a duo run directory or .ckpt>")
+    rest = [a for a in args if not a.startswith("checkpoint=")]
+    result = distill(checkpoint[-1], rest)
+    print(f"distilled model: {result.checkpoint}")
+    if result.val_ppl is not None:
+        print(f"validation perplexity <= {result.val_ppl:.2f}")
+    for i, text in enumerate(result.samples):
+        print(f"--- sample {i} ---\n{text}")
+    return 0

@@ -1,0 +1,67 @@
+"""Discrete Consistency Distillation (DCD): a Duo student matches a frozen teacher one
+step ``delta`` further along the same deterministic Gaussian trajectory (MATH.md 6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..duality import DualitySchedule, diffusion_transform
+from ..losses import distillation_kl
+from ..relaxation import coupled_pair
+from .base import LossOutput, attention_mask, reduce_tokens
+from .configs import DistillConfig, DuoConfig
+from .duo import DuoMethod
+
+
+def round_and_delta(step: int, cfg: DistillConfig) -> tuple[int, float]:
+    """The distillation round of an optimiser step and its step size ``2^n / T0``."""
+    n = min(step // cfg.steps_per_round, cfg.rounds - 1)
+    return n, 2.0**n / cfg.T0
+
+
+class DistillMethod(DuoMethod):
+    """A Duo model being distilled; samples like any Duo model.
+
+    ``teacher`` (a frozen copy of the backbone) is attached by the training loop, which
+    also decides when it is refreshed.
+    """
+
+    name = "distill"
+
+    def __init__(self, cfg: DistillConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+        self.dcfg = cfg.validate()
+        super().__init__(DuoConfig(schedule=cfg.schedule, eps=cfg.eps), backbone, vocab_size, max_steps)
+        self.path = DualitySchedule(vocab_size, cfg.gamma_min, cfg.gamma_max)
+        self.teacher: nn.Module | None = None
+
+    def phase(self, step: int) -> str:
+        return f"round {round_and_delta(step, self.dcfg)[0]}"
+
+    def _log_probs_with(self, backbone: nn.Module, z: Tensor, alpha: Tensor) -> Tensor:
+        from ..schedules import sigma_from_alpha
+
+        return backbone(z, sigma_from_alpha(alpha.float())).float().log_softmax(-1)
+
+    def training_loss(self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0,
+                      generator=None) -> LossOutput:
+        if self.teacher is None:
+            raise RuntimeError("distillation needs a teacher; the training loop attaches one")
+        x = batch["input_ids"]
+        n, delta = round_and_delta(step, self.dcfg)
+        # Stratified t in [eps, 1] -> [delta, 1]; s = t - delta.
+        u = (t.double() - self.dcfg.eps) / (1.0 - self.dcfg.eps)
+        t_hi = delta + (1.0 - delta) * u
+        t_lo = t_hi - delta
+        g_t, g_s = self.path.gamma(t_hi), self.path.gamma(t_lo)
+        alpha_t = diffusion_transform(g_t, self.vocab_size).alpha.float()
+        alpha_s = diffusion_transform(g_s, self.vocab_size).alpha.float()
+        pair = coupled_pair(x, g_t.float()[:, None], g_s.float()[:, None], self.vocab_size,
+                            generator=generator)
+        student = self._log_probs_with(self.backbone, pair.z_t, alpha_t)
+        with torch.no_grad():
+            teacher = self._log_probs_with(self.teacher, pair.z_s, alpha_s)
+        per_token = distillation_kl(student, teacher, self.dcfg.loss)
+        out = reduce_tokens(per_token, attention_mask(batch))
+        out.metrics.update({"round": float(n), "delta": delta})
+        return out

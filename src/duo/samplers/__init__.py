@@ -1,0 +1,26 @@
+"""Samplers: ancestral, greedy tail, nucleus / top-k, Psi (ReMDM), MDLM, AR.
+
+Every diffusion sampler follows one contract (a time grid, ``step(...) ->
+StepOutput``) and runs in the one loop :func:`generate`; they see a denoiser callable,
+never a model. See MATH.md sections 1, 7 and 8.
+"""
+
+from .ancestral import TAILS, AncestralSampler, reverse_step, step_probs
+from .ar import ARSampler, generate_ar
+from .base import Conditioning, Denoiser, GenerationOutput, Sampler, StepOutput
+from .filters import Thresholds, filter_probs, row_thresholds, top_k_filter, top_p_filter
+from .grid import PHASES, StepTime, TimeGrid, time_grid
+from .loop import generate
+from .mixture import PROCESSES, Mixture, get_process, inverse_cdf
+from .psi import KAPPA_RULES, KappaRule, PsiSampler
+from .registry import SAMPLERS, get_sampler
+
+__all__ = [
+    "KAPPA_RULES", "PHASES", "PROCESSES", "SAMPLERS", "TAILS",
+    "ARSampler", "AncestralSampler", "Conditioning", "Denoiser", "GenerationOutput",
+    "KappaRule", "Mixture", "PsiSampler", "Sampler", "StepOutput", "StepTime",
+    "Thresholds", "TimeGrid",
+    "filter_probs", "generate", "generate_ar", "get_process", "get_sampler",
+    "inverse_cdf", "reverse_step", "row_thresholds", "step_probs", "time_grid",
+    "top_k_filter", "top_p_filter",
+]

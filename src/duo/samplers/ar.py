@@ -1,0 +1,101 @@
+"""Autoregressive sampling with temperature, top-k and top-p (the AR baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .base import GenerationOutput
+from .filters import check_filter, filter_probs
+from .loop import make_generator
+from .mixture import inverse_cdf
+
+NextTokenLogits = Callable[[Tensor], Tensor]
+
+
+def _context(batch_size: int, seq_len: int, prefix: Tensor | None, bos_id: int | None,
+             device) -> Tensor:
+    parts = []
+    if bos_id is not None:
+        parts.append(torch.full((batch_size, 1), int(bos_id), dtype=torch.long, device=device))
+    if prefix is not None:
+        prefix = torch.as_tensor(prefix, device=device).long()
+        if prefix.dim() == 1:
+            prefix = prefix.expand(batch_size, -1)
+        if prefix.dim() != 2 or prefix.shape[0] != batch_size:
+            raise ValueError(f"prefix has shape {tuple(prefix.shape)}; expected (P,) or "
+                             f"({batch_size}, P)")
+        parts.append(prefix)
+    if not parts:
+        raise ValueError("autoregressive sampling needs a context: pass prefix or bos_id")
+    ids = torch.cat(parts, dim=1)
+    if ids.shape[1] > seq_len:
+        raise ValueError(f"prefix of {ids.shape[1]} tokens (with BOS) is longer than "
+                         f"seq_len={seq_len}; shorten it or raise seq_len")
+    return ids
+
+
+@torch.no_grad()
+def generate_ar(
+    next_token_logits: NextTokenLogits,
+    *,
+    batch_size: int,
+    seq_len: int,
+    prefix: Tensor | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    bos_id: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> GenerationOutput:
+    """Left-to-right sampling, recomputing the whole context each token.
+
+    Args:
+        next_token_logits: ``ids (B, L') -> logits (B, L', K)`` of a causal model;
+            the last position gives the next token.
+        prefix: (P,) or (B, P) ids kept at the start (after BOS when ``bos_id`` is set).
+        temperature: > 0 divides the logits; 0 takes the argmax.
+    Returns:
+        ``GenerationOutput(tokens (B, seq_len) including BOS and prefix, None, nfe)``.
+    """
+    check_filter(top_p, top_k)
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 means greedy)")
+    gen = make_generator(generator, seed, device)
+    ids = _context(batch_size, seq_len, prefix, bos_id, device)
+    start = ids.shape[1]
+    for _ in tqdm(range(start, seq_len), disable=not progress, desc="sampling"):
+        logits = next_token_logits(ids)[:, -1].double()  # (B, K)
+        u = torch.rand(batch_size, dtype=torch.float64, generator=gen, device=ids.device)
+        if temperature == 0.0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = filter_probs((logits / temperature).softmax(-1)[:, None], top_p, top_k)
+            nxt = inverse_cdf(probs[:, 0], u)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+    return GenerationOutput(ids, None, seq_len - start)
+
+
+@dataclass(frozen=True)
+class ARSampler:
+    """Registry entry for autoregressive sampling; run it with :meth:`generate`."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        check_filter(self.top_p, self.top_k)
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature={self.temperature!r} must be >= 0 (0 means greedy)")
+
+    def generate(self, next_token_logits: NextTokenLogits, **kwargs) -> GenerationOutput:
+        return generate_ar(next_token_logits, temperature=self.temperature,
+                           top_p=self.top_p, top_k=self.top_k, **kwargs)

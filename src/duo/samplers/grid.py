@@ -1,0 +1,129 @@
+"""Time grids for the reverse process (MATH.md section 7).
+
+A grid runs ``1 = t_0 > t_1 > ... > t_N = eps``; step ``i`` goes from ``t_i`` to
+``s = t_{i+1}``. The Psi-samplers may *hold* t constant for part of the steps (a
+corrector loop at fixed noise, as ReMDM-loop does) and give each of three phases
+(high, middle, low noise) its own kappa rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+PHASES = ("high", "middle", "low")
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Everything one reverse step needs to know about time.
+
+    ``alpha_t``/``alpha_s`` are Python floats (float64); ``last`` marks the step that
+    removes the remaining noise.
+    """
+
+    t: float
+    s: float
+    alpha_t: float
+    alpha_s: float
+    phase: str
+    last: bool
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """``t``: (N + 1,) float64 times from 1 to eps; ``phase``: N labels from :data:`PHASES`."""
+
+    t: Tensor
+    phase: tuple[str, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.phase)
+
+    def step_times(self, schedule) -> list[StepTime]:
+        """Evaluate ``schedule.alpha`` once on the whole grid (not once per step)."""
+        alpha = schedule.alpha(self.t).double().tolist()
+        t = self.t.tolist()
+        n = self.steps
+        return [
+            StepTime(t[i], t[i + 1], alpha[i], alpha[i + 1], self.phase[i], i == n - 1)
+            for i in range(n)
+        ]
+
+
+def _linear(start: float, stop: float, steps: int) -> Tensor:
+    return torch.linspace(start, stop, steps + 1, dtype=torch.float64)
+
+
+GRID_KINDS: dict[str, Callable[[float, float, int], Tensor]] = {"linear": _linear}
+
+
+def _phase(t: float, s: float, t_on: float, t_off: float) -> str:
+    # The midpoint classifies a step: held steps (t == s == t_on) land in "middle",
+    # the steps right before / after a hold land in "high" / "low".
+    mid = 0.5 * (t + s)
+    if mid > t_on:
+        return "high"
+    if mid < t_off:
+        return "low"
+    return "middle"
+
+
+def time_grid(
+    steps: int,
+    *,
+    eps: float = 1e-5,
+    kind: str = "linear",
+    t_on: float = 1.0,
+    t_off: float | None = None,
+    hold_fraction: float = 0.0,
+) -> TimeGrid:
+    """The reverse-time grid of ``steps`` steps from 1 to ``eps``.
+
+    Args:
+        steps: N >= 1.
+        eps: final time, in (0, 1).
+        kind: spacing, a key of :data:`GRID_KINDS`.
+        t_on, t_off: phase boundaries in t; a step whose midpoint lies above ``t_on``
+            is "high", below ``t_off`` "low", else "middle". The defaults put every
+            step in "middle". On a linear grid a step fraction f is t = 1 - f (1 - eps).
+        hold_fraction: fraction of the steps spent at the constant time ``t_on``
+            (then ``t_off`` defaults to ``t_on``, so the held steps form the middle phase).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be an integer >= 1")
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps={eps!r} must lie in (0, 1); the samplers use 1e-5")
+    if kind not in GRID_KINDS:
+        raise ValueError(f"unknown time grid {kind!r}; valid kinds: {', '.join(GRID_KINDS)}")
+    if t_off is None:
+        t_off = t_on if hold_fraction > 0 else 0.0
+    if not 0.0 <= t_off <= t_on <= 1.0:
+        raise ValueError(f"phase bounds t_on={t_on}, t_off={t_off} must satisfy "
+                         f"0 <= t_off <= t_on <= 1")
+    if not 0.0 <= hold_fraction < 1.0:
+        raise ValueError(f"hold_fraction={hold_fraction!r} must lie in [0, 1)")
+    spacing = GRID_KINDS[kind]
+    n_hold = round(hold_fraction * steps)
+    if n_hold == 0:
+        t = spacing(1.0, eps, steps)
+    else:
+        n_move = steps - n_hold
+        need_pre = t_on < 1.0
+        if n_move < 1 + need_pre or t_on <= eps:
+            raise ValueError(f"hold_fraction={hold_fraction} at t_on={t_on} leaves too few "
+                             f"of the {steps} steps to move in t; lower hold_fraction or "
+                             f"use more steps")
+        n_pre = round(n_move * (1.0 - t_on) / (1.0 - eps))
+        n_pre = min(max(n_pre, int(need_pre)), n_move - 1)
+        pre = spacing(1.0, t_on, n_pre) if n_pre else torch.ones(1, dtype=torch.float64)
+        hold = torch.full((n_hold,), t_on, dtype=torch.float64)
+        post = spacing(t_on, eps, n_move - n_pre)[1:]
+        t = torch.cat([pre, hold, post])
+    tl = t.tolist()
+    phase = tuple(_phase(tl[i], tl[i + 1], t_on, t_off) for i in range(steps))
+    return TimeGrid(t, phase)

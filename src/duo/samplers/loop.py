@@ -1,0 +1,95 @@
+"""The one generation loop shared by every diffusion sampler."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .base import Conditioning, Denoiser, GenerationOutput, Sampler
+
+
+def make_generator(generator: torch.Generator | None, seed: int | None,
+                   device: torch.device | str | None) -> torch.Generator | None:
+    """``generator`` as given, or a fresh one seeded with ``seed`` on ``device``."""
+    if generator is not None and seed is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if seed is None:
+        return generator
+    return torch.Generator(device=torch.device(device or "cpu")).manual_seed(int(seed))
+
+
+def _check_sizes(batch_size: int, seq_len: int, vocab_size: int) -> None:
+    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1),
+                             ("vocab_size", vocab_size, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+
+@torch.no_grad()
+def generate(
+    sampler: Sampler,
+    denoiser: Denoiser,
+    schedule,
+    *,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+    clamp: Conditioning | None = None,
+    time_conditioned: bool | None = None,
+    return_intermediates: bool = False,
+    progress: bool = False,
+) -> GenerationOutput:
+    """Sample (B, L) token ids from the prior down to t = eps with ``sampler``.
+
+    Args:
+        sampler: a sampler from :func:`get_sampler` (knows its process and grid).
+        denoiser: ``denoiser(z (B, L), alpha_t (B,)) -> log-probs (B, L, K)``.
+        schedule: anything with ``alpha(t)`` (t = 1 noise, t = 0 clean).
+        steps: number of reverse steps (network calls without caching); default
+            ``sampler.default_steps``.
+        generator / seed: randomness; the same seed gives the same tokens.
+        clamp: positions held fixed (prefix, suffix, infilling).
+        time_conditioned: whether the denoiser uses alpha_t; defaults to its
+            ``time_conditioned`` attribute, else True. Caching requires False.
+    """
+    _check_sizes(batch_size, seq_len, vocab_size)
+    steps = sampler.default_steps if steps is None else steps
+    grid = sampler.time_grid(steps)
+    if sampler.mask_id is not None and not 0 <= sampler.mask_id < vocab_size:
+        raise ValueError(f"mask_id={sampler.mask_id} is outside the vocabulary [0, {vocab_size})")
+    if time_conditioned is None:
+        time_conditioned = bool(getattr(denoiser, "time_conditioned", True))
+    cache = sampler.cache_predictions
+    if cache and time_conditioned:
+        raise ValueError("cache_predictions=True needs a denoiser without time conditioning; "
+                         "pass time_conditioned=False or disable caching")
+    gen = make_generator(generator, seed, device)
+    clamp = clamp.resolve(batch_size, seq_len, vocab_size, device) if clamp is not None else None
+
+    z = sampler.prior((batch_size, seq_len), vocab_size, gen, device)
+    if clamp is not None:
+        z = clamp.apply(z)
+    states = [z.cpu()] if return_intermediates else None
+    nfe = 0
+    last_input: Tensor | None = None
+    last_pred: Tensor | None = None
+    for i, time in enumerate(tqdm(grid.step_times(schedule), disable=not progress,
+                                  desc="sampling")):
+        reuse = cache and last_input is not None and torch.equal(z, last_input)
+        out = sampler.step(denoiser, z, time, generator=gen,
+                           prediction=last_pred if reuse else None)
+        if i == 0 and out.log_probs.shape[-1] != vocab_size:
+            raise ValueError(f"denoiser returned {out.log_probs.shape[-1]} classes but "
+                             f"vocab_size={vocab_size}; pass the model's vocabulary size")
+        nfe += out.nfe
+        if cache:
+            last_input, last_pred = z, out.log_probs
+        z = clamp.apply(out.z) if clamp is not None else out.z
+        if states is not None:
+            states.append(z.cpu())
+    return GenerationOutput(z, states, nfe)

@@ -1,0 +1,138 @@
+"""Psi-samplers (Chapter II): predictor-corrector steps, MATH.md section 7.
+
+Each step draws from ``q = kappa * q_posterior + (1 - kappa) * q_PC`` where ``q_PC``
+re-noises the predicted clean distribution to time s (uniform process:
+``a_s x0_hat + (1 - a_s)/K``; masked: ``a_s x0_hat + (1 - a_s) e_mask``). kappa = 1 is
+ancestral sampling. Kappa rules (:data:`KAPPA_RULES`):
+
+- ``kappa``: a constant kappa (``value``);
+- ReMDM-style, from a re-noising rate sigma with ``sigma_max = min(1, (1 - a_s)/a_t)``:
+  ``remdm-cap`` sigma = min(eta, sigma_max), ``remdm-rescale`` sigma = eta * sigma_max,
+  ``remdm-const`` sigma = eta (``value`` is eta); then
+  ``kappa = clip(1 - sigma / (1 - a_s), 0, 1)``, which for the masked process is exactly
+  ReMDM's remasking posterior whenever no clipping occurs (sigma <= 1 - a_s).
+
+The grid has high / middle / low noise phases (see :func:`duo.samplers.time_grid`),
+each with its own rule, and may hold t constant in the middle phase (ReMDM-loop).
+Chapter II's text setting is the default: 256 steps, eta = 0.05 remdm-rescale, top-p 0.9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from .ancestral import check_common, reverse_step
+from .base import Denoiser, StepOutput
+from .grid import PHASES, StepTime, TimeGrid, time_grid
+from .mixture import Process, get_process
+
+
+def _sigma_max(a_s: float, a_t: float) -> float:
+    return 1.0 if a_t <= 0.0 else min(1.0, (1.0 - a_s) / a_t)
+
+
+def _from_sigma(sigma: Callable[[float, float], float]) -> Callable[[float, float, float], float]:
+    def kappa(eta: float, a_s: float, a_t: float) -> float:
+        k = 1.0 - sigma(eta, _sigma_max(a_s, a_t)) / (1.0 - a_s)
+        return min(1.0, max(0.0, k))
+    return kappa
+
+
+KAPPA_RULES: dict[str, Callable[[float, float, float], float]] = {
+    "kappa": lambda value, a_s, a_t: value,
+    "remdm-cap": _from_sigma(lambda eta, smax: min(eta, smax)),
+    "remdm-rescale": _from_sigma(lambda eta, smax: eta * smax),
+    "remdm-const": _from_sigma(lambda eta, smax: eta),
+}
+
+
+@dataclass(frozen=True)
+class KappaRule:
+    """How kappa is chosen at a step: ``mode`` in :data:`KAPPA_RULES`, ``value`` its kappa or eta."""
+
+    mode: str = "remdm-rescale"
+    value: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.mode not in KAPPA_RULES:
+            raise ValueError(f"unknown kappa mode {self.mode!r}; valid modes: "
+                             f"{', '.join(KAPPA_RULES)}")
+        if self.mode == "kappa" and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"kappa={self.value!r} must lie in [0, 1]")
+        if self.mode != "kappa" and not self.value >= 0.0:
+            raise ValueError(f"eta={self.value!r} for mode {self.mode!r} must be >= 0")
+
+    def kappa(self, alpha_s: float, alpha_t: float) -> float:
+        """kappa for a step from alpha_t to alpha_s; 1 when alpha_s = 1 (nothing to re-noise)."""
+        if alpha_s >= 1.0:
+            return 1.0
+        return float(KAPPA_RULES[self.mode](self.value, alpha_s, alpha_t))
+
+
+def _as_rule(rule: KappaRule | Mapping | tuple | None) -> KappaRule | None:
+    if rule is None or isinstance(rule, KappaRule):
+        return rule
+    if isinstance(rule, Mapping):
+        return KappaRule(**rule)
+    return KappaRule(*rule)
+
+
+@dataclass(frozen=True)
+class PsiSampler:
+    """Psi-sampler for the uniform (default) or the masked process (``process="absorbing"``).
+
+    ``rule`` applies to every phase without its own rule (``high``, ``middle``, ``low``);
+    a rule may be given as a :class:`KappaRule`, a dict or a ``(mode, value)`` pair.
+    ``t_on``, ``t_off``, ``hold_fraction`` shape the grid (:func:`time_grid`).
+    """
+
+    process: str = "uniform"
+    mask_id: int | None = None
+    rule: KappaRule = KappaRule("remdm-rescale", 0.05)
+    high: KappaRule | None = None
+    middle: KappaRule | None = None
+    low: KappaRule | None = None
+    t_on: float = 1.0
+    t_off: float | None = None
+    hold_fraction: float = 0.0
+    top_p: float = 0.9
+    top_k: int = 0
+    tail: str = "ancestral"
+    eps: float = 1e-5
+    cache_predictions: bool = False
+    default_steps: int = 256
+    _process: Process = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_common(self.tail, self.top_p, self.top_k, self.eps, self.default_steps)
+        for name in ("rule",) + PHASES:
+            object.__setattr__(self, name, _as_rule(getattr(self, name)))
+        if self.rule is None:
+            raise ValueError("rule=None: pass a KappaRule, e.g. ('remdm-rescale', 0.05)")
+        self.time_grid(self.default_steps)  # fail at construction on bad phase settings
+        proc = get_process(self.process, self.mask_id)
+        object.__setattr__(self, "_process", proc)
+        object.__setattr__(self, "mask_id", proc.mask_id)
+
+    def prior(self, shape, vocab_size, generator, device) -> Tensor:
+        return self._process.prior(shape, vocab_size, generator, device)
+
+    def time_grid(self, steps: int) -> TimeGrid:
+        return time_grid(steps, eps=self.eps, t_on=self.t_on, t_off=self.t_off,
+                         hold_fraction=self.hold_fraction)
+
+    def rule_for(self, phase: str) -> KappaRule:
+        return getattr(self, phase) or self.rule
+
+    def step(self, denoiser: Denoiser, z: Tensor, time: StepTime, *,
+             generator: torch.Generator | None = None,
+             prediction: Tensor | None = None) -> StepOutput:
+        a_s = 1.0 if time.last else time.alpha_s
+        kappa = self.rule_for(time.phase).kappa(a_s, time.alpha_t)
+        return reverse_step(self._process, denoiser, z, time, generator=generator,
+                            prediction=prediction, top_p=self.top_p, top_k=self.top_k,
+                            tail=self.tail, kappa=kappa)

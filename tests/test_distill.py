@@ -1,0 +1,138 @@
+import hashlib
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from duo.checkpoints import load_checkpoint
+from duo.config import ConfigError
+from duo.experiment import build_config
+from duo.methods import DistillConfig, round_and_delta
+from duo.training import train
+from duo.training.distill import distill
+from duo.training.module import build_method
+
+from conftest import tiny_overrides
+from test_training import losses
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_corpus, duo_cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("teacher") / "duo"
+    train(build_config(tiny_overrides(tiny_corpus, duo_cache, run_dir, "trainer.max_steps=25")))
+    return run_dir
+
+
+DISTILL = ["distill.rounds=3", "distill.steps_per_round=4", "distill.T0=16", "trainer.lr=1e-3",
+           "trainer.log_every=1", "trainer.val_every=1000", "trainer.progress_bar=false",
+           "trainer.loggers=[csv]", "sample.num_samples=0"]
+
+
+def test_round_and_delta():
+    cfg = DistillConfig(rounds=5, steps_per_round=10, T0=512)
+    assert round_and_delta(0, cfg) == (0, 1 / 512)
+    assert round_and_delta(25, cfg) == (2, 4 / 512)
+    assert round_and_delta(10_000, cfg) == (4, 16 / 512)  # stays in the last round
+    with pytest.raises(ValueError, match="delta"):
+        DistillConfig(rounds=10, T0=512).validate()
+
+
+def test_loss_is_zero_for_the_same_network_at_the_same_point():
+    cfg = build_config(["algo=distill", "algo.T0=1000000000", "model.hidden_size=32", "model.cond_dim=16",
+                        "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"])
+    torch.manual_seed(0)
+    backbone, method = build_method(cfg, 30)
+    with torch.no_grad():
+        for p in backbone.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    method.teacher = backbone
+    x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
+    out = method.training_loss({"input_ids": x}, torch.tensor([0.1, 0.3, 0.6, 0.9]), step=0,
+                               generator=torch.Generator().manual_seed(1))
+    assert abs(out.loss.item()) < 1e-6
+    # a perturbed student is penalised
+    method.teacher = __import__("copy").deepcopy(backbone)
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = method.training_loss({"input_ids": x}, torch.tensor([0.1, 0.3, 0.6, 0.9]), step=0,
+                               generator=torch.Generator().manual_seed(1))
+    assert out.loss.item() > 1e-4
+
+
+class TeacherFingerprints(pl.Callback):
+    def __init__(self, refresh):
+        self.refresh = refresh
+        self.seen = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        h = hashlib.sha256()
+        for p in self.refresh.teacher.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+        self.seen[trainer.global_step] = h.hexdigest()
+
+
+def test_teacher_changes_only_at_round_boundaries(teacher_run, tmp_path, monkeypatch):
+    from duo.training import distill as distill_mod
+
+    made = []
+    original = distill_mod.TeacherRefresh
+
+    class Recording(original):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(distill_mod, "TeacherRefresh", Recording)
+    probe = TeacherFingerprints(None)
+
+    class Bind(pl.Callback):
+        def on_fit_start(self, trainer, module):
+            probe.refresh = made[0]
+
+    result = distill(teacher_run, [*DISTILL, f"run_dir={tmp_path / 'student'}"], callbacks=[Bind(), probe])
+    steps = sorted(probe.seen)
+    changes = [s for a, s in zip(steps, steps[1:]) if probe.seen[a] != probe.seen[s]]
+    assert changes == [4, 8]
+    assert made[0].refreshes == [4, 8]
+    loaded = load_checkpoint(result.run_dir)
+    assert loaded.cfg.algo == "distill"
+    assert loaded.metadata["sampler"] == "greedy_tail" and loaded.metadata["steps"] == 8
+    rounds = {s: r["round"] for s, r in ((s, r) for s, r in _records(result.run_dir).items())}
+    assert rounds[1] == 0 and rounds[5] == 1 and rounds[12] == 2
+
+
+def _records(run_dir):
+    import json
+
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["split"] == "train":
+            out[rec["step"]] = rec
+    return out
+
+
+def test_resume_mid_round_continues_exactly(teacher_run, tmp_path):
+    full = distill(teacher_run, [*DISTILL, "trainer.ckpt_every=6", f"run_dir={tmp_path / 'full'}"])
+    part = [*DISTILL, "trainer.ckpt_every=6", f"run_dir={tmp_path / 'part'}"]
+    distill(teacher_run, [*part, "trainer.max_steps=6"])
+    distill(teacher_run, part)  # resumes at step 6, mid round 1
+    a, b = losses(full.run_dir), losses(tmp_path / "part")
+    for step in range(7, 13):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-9), step
+    assert max(a.values()) > 0
+
+
+def test_distill_needs_a_duo_checkpoint(teacher_run, tiny_corpus, duo_cache, tmp_path):
+    from duo.training.distill import distill_config
+
+    ar = train(build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / "ar", "algo=ar",
+                                           "trainer.max_steps=2")))
+    with pytest.raises(ValueError, match="needs a duo checkpoint"):
+        distill(ar.run_dir, [])
+    with pytest.raises(ConfigError, match="sets algo=distill"):
+        distill_config(teacher_run, ["algo=mdlm"])
+    with pytest.raises(ValueError, match="distill.rounds=0"):
+        distill_config(teacher_run, ["distill.rounds=0"])
