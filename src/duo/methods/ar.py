@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..losses import ar_nll
-from .base import LossOutput, reduce_tokens
+from .base import LossOutput, chunked_token_loss, reduce_tokens
 from .configs import ArConfig
 
 
@@ -35,9 +35,10 @@ class ArMethod:
         self, batch: dict[str, Tensor], t: Tensor | None = None, *, step: int = 0, generator=None
     ) -> LossOutput:
         x = batch["input_ids"]
-        logits = self.next_token_logits(x[:, :-1])
+        logits = self.backbone(x[:, :-1], None)
         mask = batch.get("attention_mask")
-        return reduce_tokens(ar_nll(logits, x[:, 1:]), None if mask is None else mask[:, 1:])
+        per_token = chunked_token_loss(ar_nll, logits, x[:, 1:])
+        return reduce_tokens(per_token, None if mask is None else mask[:, 1:])
 
     def eval_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, *, generator=None) -> LossOutput:
         return self.training_loss(batch)

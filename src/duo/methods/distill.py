@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from ..duality import DualitySchedule, diffusion_transform
 from ..losses import distillation_kl
 from ..relaxation import coupled_pair
-from .base import LossOutput, attention_mask, reduce_tokens
+from ..schedules import sigma_from_alpha
+from .base import LossOutput, attention_mask, chunked_token_loss, reduce_tokens
 from .configs import DistillConfig, DuoConfig
 from .duo import DuoMethod
 
@@ -38,10 +39,9 @@ class DistillMethod(DuoMethod):
     def phase(self, step: int) -> str:
         return f"round {round_and_delta(step, self.dcfg)[0]}"
 
-    def _log_probs_with(self, backbone: nn.Module, z: Tensor, alpha: Tensor) -> Tensor:
-        from ..schedules import sigma_from_alpha
-
-        return backbone(z, sigma_from_alpha(alpha.float())).float().log_softmax(-1)
+    def _kl(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return distillation_kl(student_logits.float().log_softmax(-1),
+                               teacher_logits.float().log_softmax(-1), self.dcfg.loss)
 
     def training_loss(self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0,
                       generator=None) -> LossOutput:
@@ -58,10 +58,10 @@ class DistillMethod(DuoMethod):
         alpha_s = diffusion_transform(g_s, self.vocab_size).alpha.float()
         pair = coupled_pair(x, g_t.float()[:, None], g_s.float()[:, None], self.vocab_size,
                             generator=generator)
-        student = self._log_probs_with(self.backbone, pair.z_t, alpha_t)
+        student = self.backbone(pair.z_t, sigma_from_alpha(alpha_t))
         with torch.no_grad():
-            teacher = self._log_probs_with(self.teacher, pair.z_s, alpha_s)
-        per_token = distillation_kl(student, teacher, self.dcfg.loss)
+            teacher = self.teacher(pair.z_s, sigma_from_alpha(alpha_s))
+        per_token = chunked_token_loss(self._kl, student, teacher)
         out = reduce_tokens(per_token, attention_mask(batch))
         out.metrics.update({"round": float(n), "delta": delta})
         return out

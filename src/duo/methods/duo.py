@@ -12,7 +12,7 @@ from ..duality import DualitySchedule, diffusion_transform
 from ..losses import usdm_nelbo
 from ..processes import uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens
+from .base import LossOutput, attention_mask, chunked_token_loss, reduce_tokens
 from .configs import DuoConfig
 
 
@@ -77,6 +77,14 @@ class DuoMethod:
         logits = self.backbone(model_input, sigma_from_alpha(alpha_t.float()))
         return logits.float().log_softmax(-1)
 
+    def logits(self, model_input, alpha_t: Tensor) -> Tensor:
+        return self.backbone(model_input, sigma_from_alpha(alpha_t.float()))
+
+    def nelbo(self, logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
+        """Per-token NELBO (B, L) from logits, chunked for large vocabularies."""
+        alpha, dalpha = alpha.expand(x.shape), dalpha.expand(x.shape)
+        return chunked_token_loss(_nelbo_from_logits, logits, z_t, x, alpha, dalpha)
+
     def denoiser(self, z: Tensor, alpha_t: Tensor) -> Tensor:
         """Sampler contract: ids (B, L) and alpha (B,) -> log-probs (B, L, K)."""
         return self.log_probs(z, alpha_t.reshape(-1))
@@ -86,8 +94,8 @@ class DuoMethod:
         alpha = self.schedule.alpha(t)[:, None]
         dalpha = self.schedule.dalpha(t)[:, None]
         z_t = uniform.sample_zt(x, alpha, self.vocab_size, generator=generator)
-        log_p = self.log_probs(z_t, alpha[:, 0])
-        return reduce_tokens(usdm_nelbo(log_p, z_t, x, alpha, dalpha), attention_mask(batch))
+        logits = self.logits(z_t, alpha[:, 0])
+        return reduce_tokens(self.nelbo(logits, z_t, x, alpha, dalpha), attention_mask(batch))
 
     def curriculum_loss(
         self, batch: dict[str, Tensor], t: Tensor, step: int, generator=None
@@ -107,8 +115,8 @@ class DuoMethod:
             )
         else:
             relaxed = relaxation.full_relaxation(x, g, self.vocab_size, tau, generator=generator)
-        log_p = self.log_probs(relaxed.model_input, alpha[:, 0])
-        out = reduce_tokens(usdm_nelbo(log_p, relaxed.z_t, x, alpha, dalpha), attention_mask(batch))
+        logits = self.logits(relaxed.model_input, alpha[:, 0])
+        out = reduce_tokens(self.nelbo(logits, relaxed.z_t, x, alpha, dalpha), attention_mask(batch))
         out.metrics["tau"] = tau
         return out
 
@@ -128,3 +136,7 @@ class DuoMethod:
         out.metrics["prior_kl_per_token"] = float(prior)
         return out
 
+
+
+def _nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
+    return usdm_nelbo(logits.float().log_softmax(-1), z_t, x, alpha, dalpha)

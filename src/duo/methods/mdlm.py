@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..losses import mdlm_nelbo
 from ..processes import absorbing
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens
+from .base import LossOutput, attention_mask, chunked_token_loss, reduce_tokens
 from .configs import MdlmConfig
 
 
@@ -49,9 +49,15 @@ class MdlmMethod:
         alpha = self.schedule.alpha(t)[:, None]
         dalpha = self.schedule.dalpha(t)[:, None]
         z_t = absorbing.sample_zt(x, alpha, self.mask_id, generator=generator)
-        log_p = self.log_probs(z_t, alpha[:, 0])
-        per_token = mdlm_nelbo(log_p, z_t, x, alpha, dalpha, self.mask_id)
+        sigma = sigma_from_alpha(alpha[:, 0].float())
+        logits = self.backbone(z_t, sigma if self.cfg.time_conditioning else torch.zeros_like(sigma))
+        per_token = chunked_token_loss(self._nelbo_from_logits, logits, z_t, x,
+                                       alpha.expand(x.shape), dalpha.expand(x.shape))
         return reduce_tokens(per_token, attention_mask(batch))
+
+    def _nelbo_from_logits(self, logits, z_t, x, alpha, dalpha) -> Tensor:
+        log_p = absorbing.subs_log_probs(logits, z_t, self.mask_id)
+        return mdlm_nelbo(log_p, z_t, x, alpha, dalpha, self.mask_id)
 
     def eval_loss(self, batch: dict[str, Tensor], t: Tensor, *, generator=None) -> LossOutput:
         return self.training_loss(batch, t, generator=generator)
