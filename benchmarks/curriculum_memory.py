@@ -107,6 +107,41 @@ def steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[
     }
 
 
+def training_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], object]]:
+    """A whole training step (loss forward + backward) of the ``--model`` preset per variant."""
+    from duo.experiment import build_config
+    from duo.training.module import build_method
+
+    K = args.vocab_size
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = torch.randint(0, K, (args.batch, args.length), generator=gen, device=device)
+    t = torch.rand(args.batch, generator=gen, device=device) * 0.998 + 1e-3
+    out = {}
+    for label, extra in (("discrete", ["algo.curriculum=none"]),
+                         ("full", ["algo.curriculum=full"]),
+                         (f"topk (k={args.k})", ["algo.curriculum=topk", f"algo.curriculum_k={args.k}"])):
+        cfg = build_config([f"model={args.model}", f"model.max_seq_len={args.length}", *extra,
+                            "algo.curriculum_steps=1000000", f"algo.tau={args.tau}"])
+        torch.manual_seed(0)
+        backbone, method = build_method(cfg, K)
+        backbone.to(device)
+        backbone.check_inputs = False
+        method.loss_chunk_elements = args.loss_chunk_elements
+
+        def step(method=method, backbone=backbone):
+            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.no_grad()
+            if device.type != "cuda":
+                ctx = __import__("contextlib").nullcontext()
+            with ctx:
+                loss = method.training_loss({"input_ids": x}, t, step=0, generator=gen).loss
+            loss.backward()
+            backbone.zero_grad(set_to_none=True)
+            return None
+
+        out[f"{label} training step"] = step
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab-size", type=int, default=50257)
@@ -117,10 +152,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="best time of this many calls")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--with-model", action="store_true",
+                    help="also measure a whole training step (forward + backward) of --model")
+    ap.add_argument("--model", default="tiny", help="model preset for --with-model")
+    ap.add_argument("--loss-chunk-elements", type=int, default=2**22,
+                    help="logits elements per chunk of the output layer + loss")
     args = ap.parse_args()
     device = torch.device(args.device)
 
     runs = steps(args, device)
+    if args.with_model:
+        runs.update(training_steps(args, device))
     for fn in runs.values():  # warm-up: caches, CUDA context, kernels
         fn()
     method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "live tensor bytes"

@@ -100,7 +100,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_corpus, duo_cache
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        (["algo=diffusion"], "valid algos: ar, duo, mdlm"),
+        (["algo=diffusion"], "valid algos: ar, distill, duo, mdlm"),
         (["model=huge"], "valid presets: .*small.*tiny"),
         (["trainer.max_stepz=3"], "unknown key trainer.max_stepz"),
         (["trainer.max_steps=many"], "trainer.max_steps='many' has the wrong type"),

@@ -48,6 +48,8 @@ class TrainerConfig:
     seed: int = 0
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     compile: bool = False
+    # Logits elements per chunk of the output layer + loss (memory vs kernel launches).
+    loss_chunk_elements: int = 2**24
     resume: bool = True  # continue from run_dir/checkpoints/last.ckpt when present
     progress_bar: bool = True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..losses import ar_nll
-from .base import LossOutput, chunked_token_loss, reduce_tokens
+from .base import LossOutput, reduce_tokens, token_loss
 from .configs import ArConfig
 
 
@@ -14,6 +14,7 @@ class ArMethod:
 
     name = "ar"
     process = "causal"
+    loss_chunk_elements = 2**24  # logits elements per loss chunk (see token_loss)
 
     def __init__(self, cfg: ArConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
         self.cfg = cfg.validate()
@@ -35,9 +36,9 @@ class ArMethod:
         self, batch: dict[str, Tensor], t: Tensor | None = None, *, step: int = 0, generator=None
     ) -> LossOutput:
         x = batch["input_ids"]
-        logits = self.backbone(x[:, :-1], None)
         mask = batch.get("attention_mask")
-        per_token = chunked_token_loss(ar_nll, logits, x[:, 1:])
+        per_token = token_loss(ar_nll, self.backbone, x[:, :-1], None, x[:, 1:],
+                               max_elements=self.loss_chunk_elements)
         return reduce_tokens(per_token, None if mask is None else mask[:, 1:])
 
     def eval_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, *, generator=None) -> LossOutput:

@@ -38,25 +38,41 @@ def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return batch.get("attention_mask")
 
 
-def chunked_token_loss(fn, logits: Tensor, *rows, max_elements: int = 2**25) -> Tensor:
-    """``fn(logits_chunk, *rows_chunk) -> (b, L)`` over row chunks of the batch.
+def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
+               max_elements: int = 2**24) -> Tensor:
+    """Per-token loss ``fn(logits (1, n, K), *rows (1, n, ...)) -> (1, n)`` as (B, L).
 
-    With a large vocabulary the loss's float32 ``(B, L, K)`` intermediates (log-softmax,
-    exponentials, ...) dominate training memory. Each chunk runs under activation
-    checkpointing, so those intermediates exist for one chunk at a time and only the
-    logits are kept for backward. Tensors in ``rows`` whose first dim is B are chunked
-    with the logits; others pass through. Small inputs take the direct path.
+    With a large vocabulary the (B, L, K) logits and the loss's float32 intermediates
+    (log-softmax, exponentials, ...) dominate training memory. Here the output layer
+    and the loss run on chunks of about ``max_elements / K`` tokens under activation
+    checkpointing: only the final hidden states (B, L, D) are kept for backward, and
+    the logits exist for one chunk at a time. ``rows`` are per-token tensors with
+    leading dims (B, L). Small inputs take the direct path.
     """
-    B = logits.shape[0]
-    per_row = max(1, max_elements // max(logits[0].numel(), 1))
-    if per_row >= B:
-        return fn(logits, *rows)
+    h, c = backbone.hidden(model_input, sigma)
+    head = backbone.output_layer
+    B, L, D = h.shape
+    K = head.linear.out_features
+    per_chunk = max(1, max_elements // K)
+    if per_chunk >= B * L:
+        return fn(head(h, c).float(), *rows)
+    shift, scale = head.modulation(c)
+    flat = [h.reshape(B * L, D)]
+    if shift is not None:
+        flat += [shift.expand(B, L, D).reshape(B * L, D), scale.expand(B, L, D).reshape(B * L, D)]
+    n_mod = len(flat) - 1
+    flat += [r.reshape(B * L, *r.shape[2:]) for r in rows]
+
+    def chunk_loss(hc: Tensor, *rest: Tensor) -> Tensor:
+        mod, args = rest[:n_mod], rest[n_mod:]
+        logits = head.project(hc, *(mod if mod else (None, None))).float()
+        return fn(logits[None], *(a[None] for a in args))[0]
+
     outs = []
-    for start in range(0, B, per_row):
-        part = slice(start, start + per_row)
-        args = [r[part] if isinstance(r, Tensor) and r.dim() > 0 and r.shape[0] == B else r for r in rows]
-        if torch.is_grad_enabled() and logits.requires_grad:
-            outs.append(torch.utils.checkpoint.checkpoint(fn, logits[part], *args, use_reentrant=False))
+    for start in range(0, B * L, per_chunk):
+        part = [t[start:start + per_chunk] for t in flat]
+        if torch.is_grad_enabled() and h.requires_grad:
+            outs.append(torch.utils.checkpoint.checkpoint(chunk_loss, *part, use_reentrant=False))
         else:
-            outs.append(fn(logits[part], *args))
-    return torch.cat(outs)
+            outs.append(chunk_loss(*part))
+    return torch.cat(outs).view(B, L)

@@ -10,7 +10,7 @@ from ..duality import DualitySchedule, diffusion_transform
 from ..losses import distillation_kl
 from ..relaxation import coupled_pair
 from ..schedules import sigma_from_alpha
-from .base import LossOutput, attention_mask, chunked_token_loss, reduce_tokens
+from .base import LossOutput, attention_mask, reduce_tokens, token_loss
 from .configs import DistillConfig, DuoConfig
 from .duo import DuoMethod
 
@@ -58,10 +58,10 @@ class DistillMethod(DuoMethod):
         alpha_s = diffusion_transform(g_s, self.vocab_size).alpha.float()
         pair = coupled_pair(x, g_t.float()[:, None], g_s.float()[:, None], self.vocab_size,
                             generator=generator)
-        student = self.backbone(pair.z_t, sigma_from_alpha(alpha_t))
         with torch.no_grad():
             teacher = self.teacher(pair.z_s, sigma_from_alpha(alpha_s))
-        per_token = chunked_token_loss(self._kl, student, teacher)
+        per_token = token_loss(self._kl, self.backbone, pair.z_t, sigma_from_alpha(alpha_t), teacher,
+                               max_elements=self.loss_chunk_elements)
         out = reduce_tokens(per_token, attention_mask(batch))
         out.metrics.update({"round": float(n), "delta": delta})
         return out

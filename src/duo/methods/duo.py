@@ -12,7 +12,7 @@ from ..duality import DualitySchedule, diffusion_transform
 from ..losses import usdm_nelbo
 from ..processes import uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, chunked_token_loss, reduce_tokens
+from .base import LossOutput, attention_mask, reduce_tokens, token_loss
 from .configs import DuoConfig
 
 
@@ -42,6 +42,7 @@ class DuoMethod:
 
     name = "duo"
     process = "uniform"
+    loss_chunk_elements = 2**24  # logits elements per loss chunk (see token_loss)
 
     def __init__(self, cfg: DuoConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
         self.cfg = cfg.validate()
@@ -77,13 +78,13 @@ class DuoMethod:
         logits = self.backbone(model_input, sigma_from_alpha(alpha_t.float()))
         return logits.float().log_softmax(-1)
 
-    def logits(self, model_input, alpha_t: Tensor) -> Tensor:
-        return self.backbone(model_input, sigma_from_alpha(alpha_t.float()))
-
-    def nelbo(self, logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
-        """Per-token NELBO (B, L) from logits, chunked for large vocabularies."""
+    def nelbo(self, model_input, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
+        """Per-token NELBO (B, L) of the denoiser on ``model_input`` (chunked over tokens
+        for large vocabularies, see :func:`token_loss`)."""
+        sigma = sigma_from_alpha(alpha[:, 0].float())
         alpha, dalpha = alpha.expand(x.shape), dalpha.expand(x.shape)
-        return chunked_token_loss(_nelbo_from_logits, logits, z_t, x, alpha, dalpha)
+        return token_loss(_nelbo_from_logits, self.backbone, model_input, sigma, z_t, x, alpha, dalpha,
+                          max_elements=self.loss_chunk_elements)
 
     def denoiser(self, z: Tensor, alpha_t: Tensor) -> Tensor:
         """Sampler contract: ids (B, L) and alpha (B,) -> log-probs (B, L, K)."""
@@ -94,8 +95,7 @@ class DuoMethod:
         alpha = self.schedule.alpha(t)[:, None]
         dalpha = self.schedule.dalpha(t)[:, None]
         z_t = uniform.sample_zt(x, alpha, self.vocab_size, generator=generator)
-        logits = self.logits(z_t, alpha[:, 0])
-        return reduce_tokens(self.nelbo(logits, z_t, x, alpha, dalpha), attention_mask(batch))
+        return reduce_tokens(self.nelbo(z_t, z_t, x, alpha, dalpha), attention_mask(batch))
 
     def curriculum_loss(
         self, batch: dict[str, Tensor], t: Tensor, step: int, generator=None
@@ -115,8 +115,8 @@ class DuoMethod:
             )
         else:
             relaxed = relaxation.full_relaxation(x, g, self.vocab_size, tau, generator=generator)
-        logits = self.logits(relaxed.model_input, alpha[:, 0])
-        out = reduce_tokens(self.nelbo(logits, relaxed.z_t, x, alpha, dalpha), attention_mask(batch))
+        per_token = self.nelbo(relaxed.model_input, relaxed.z_t, x, alpha, dalpha)
+        out = reduce_tokens(per_token, attention_mask(batch))
         out.metrics["tau"] = tau
         return out
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..losses import mdlm_nelbo
 from ..processes import absorbing
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, chunked_token_loss, reduce_tokens
+from .base import LossOutput, attention_mask, reduce_tokens, token_loss
 from .configs import MdlmConfig
 
 
@@ -17,6 +17,7 @@ class MdlmMethod:
 
     name = "mdlm"
     process = "absorbing"
+    loss_chunk_elements = 2**24  # logits elements per loss chunk (see token_loss)
 
     def __init__(self, cfg: MdlmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
         self.cfg = cfg.validate()
@@ -50,9 +51,10 @@ class MdlmMethod:
         dalpha = self.schedule.dalpha(t)[:, None]
         z_t = absorbing.sample_zt(x, alpha, self.mask_id, generator=generator)
         sigma = sigma_from_alpha(alpha[:, 0].float())
-        logits = self.backbone(z_t, sigma if self.cfg.time_conditioning else torch.zeros_like(sigma))
-        per_token = chunked_token_loss(self._nelbo_from_logits, logits, z_t, x,
-                                       alpha.expand(x.shape), dalpha.expand(x.shape))
+        sigma = sigma if self.cfg.time_conditioning else torch.zeros_like(sigma)
+        per_token = token_loss(self._nelbo_from_logits, self.backbone, z_t, sigma, z_t, x,
+                               alpha.expand(x.shape), dalpha.expand(x.shape),
+                               max_elements=self.loss_chunk_elements)
         return reduce_tokens(per_token, attention_mask(batch))
 
     def _nelbo_from_logits(self, logits, z_t, x, alpha, dalpha) -> Tensor:

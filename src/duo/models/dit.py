@@ -77,9 +77,20 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.bias)
 
     def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+        shift, scale = self.modulation(c)
+        return self.project(x, shift, scale)
+
+    def modulation(self, c: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """``(shift, scale)`` of shape (B, 1, D) from the conditioning, or (None, None)."""
+        if self.adaLN_modulation is None:
+            return None, None
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        return shift, scale
+
+    def project(self, x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
+        """Logits for hidden states ``x`` (..., D); shift/scale broadcast against x."""
         x = self.norm_final(x)
-        if self.adaLN_modulation is not None:
-            shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        if shift is not None:
             x = modulate(x, shift, scale)
         return self.linear(x)
 
@@ -116,12 +127,18 @@ class DiT(nn.Module):
         sigma: (B,) float, ``-log alpha_t``; required iff ``config.time_conditioning``,
         ignored otherwise (a bidirectional model without time conditioning sees 0).
         """
+        h, c = self.hidden(x, sigma)
+        return self.output_layer(h, c).float()
+
+    def hidden(self, x: ModelInput, sigma: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Final hidden states (B, L, D) and conditioning c (B, C) (None when causal),
+        before ``output_layer``: losses over large vocabularies project in chunks."""
         h = self._embed(x)
         c = self._condition(sigma, h.shape[0], h.device)
         cos, sin = self.rotary_emb.cos_sin(h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, cos, sin, c)
-        return self.output_layer(h, c).float()
+        return h, c
 
     def _condition(self, sigma: Tensor | None, batch: int, device: torch.device
                    ) -> Tensor | None:

@@ -17,6 +17,7 @@ from .base import Denoiser, StepOutput, predict
 from .filters import check_filter, filter_active, filter_probs, row_thresholds
 from .grid import StepTime, TimeGrid, time_grid
 from .mixture import Process, draw, get_process, x_at_z
+from .workspace import Workspace
 
 TAILS = ("ancestral", "greedy")
 
@@ -43,6 +44,7 @@ def reverse_step(
     top_k: int,
     tail: str,
     kappa: float | None = None,
+    workspace: Workspace | None = None,
 ) -> StepOutput:
     """One reverse step; ``kappa`` (Psi-samplers) mixes in the corrector."""
     log_probs, nfe = predict(denoiser, z, time.alpha_t, prediction)
@@ -53,13 +55,14 @@ def reverse_step(
     thresholds = xz = None
     if process.needs_x_at_z:
         if filter_active(top_p, top_k, vocab):
-            thresholds = row_thresholds(log_probs.reshape(-1, vocab), top_p, top_k)
+            thresholds = row_thresholds(log_probs.reshape(-1, vocab), top_p, top_k, workspace)
         xz = x_at_z(log_probs, z, thresholds)
     mixture = process.posterior(z, xz, a_s, time.alpha_t, vocab)
     if kappa is not None:
         mixture = mixture.mix(process.corrector(z, xz, a_s, time.alpha_t, vocab), kappa)
     z_new = draw(mixture, log_probs, z, mask_id=process.mask_id, uses_noise=process.uses_noise,
-                 thresholds=thresholds, top_p=top_p, top_k=top_k, generator=generator)
+                 thresholds=thresholds, top_p=top_p, top_k=top_k, generator=generator,
+                 workspace=workspace)
     return StepOutput(z_new, log_probs, nfe)
 
 
@@ -118,10 +121,11 @@ class AncestralSampler:
 
     def step(self, denoiser: Denoiser, z: Tensor, time: StepTime, *,
              generator: torch.Generator | None = None,
-             prediction: Tensor | None = None) -> StepOutput:
+             prediction: Tensor | None = None,
+             workspace: Workspace | None = None) -> StepOutput:
         return reverse_step(self._process, denoiser, z, time, generator=generator,
                             prediction=prediction, top_p=self.top_p, top_k=self.top_k,
-                            tail=self.tail)
+                            tail=self.tail, workspace=workspace)
 
 
 def greedy_tail_sampler(**options) -> AncestralSampler:

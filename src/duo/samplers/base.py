@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .grid import StepTime, TimeGrid
+from .workspace import Workspace
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -53,7 +54,10 @@ class Sampler(Protocol):
 
     def step(self, denoiser: Denoiser, z: Tensor, time: StepTime, *,
              generator: torch.Generator | None = None,
-             prediction: Tensor | None = None) -> StepOutput: ...
+             prediction: Tensor | None = None,
+             workspace: Workspace | None = None) -> StepOutput:
+        """One reverse step from ``time.t`` to ``time.s``; ``prediction`` replaces the
+        denoiser call (cached log-probs), ``workspace`` holds scratch buffers."""
 
 
 def predict(denoiser: Denoiser, z: Tensor, alpha_t: float,

@@ -10,7 +10,7 @@ ties at the boundary are all kept and the result does not depend on sort order:
 
 :func:`top_k_filter` / :func:`top_p_filter` are the dense reference on (B, L, K).
 :func:`row_thresholds` finds the same thresholds from log-probabilities without sorting
-whole rows when the kept set is small (a partial top-k, widened only where needed), so
+whole rows (a partial top-k, then a histogram of the row, sorting only what is left), so
 the samplers never touch a filtered (B, L, K) tensor.
 """
 
@@ -21,8 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .workspace import Workspace
+
 _FIRST_WINDOW = 64
-_WIDEN = 8
+_BUCKETS = 2048
+_MAX_BUCKET = 2048  # a more crowded crossing bucket falls back to a full sort
 
 
 def check_filter(top_p: float, top_k: int) -> None:
@@ -113,11 +116,53 @@ def _resolve(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, T
     return tau, mass.log(), ok
 
 
-def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0) -> Thresholds | None:
+def _histogram(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
+    """top-p thresholds for broad rows (n, K) without sorting them.
+
+    Buckets each row's log-probs evenly on its [min, max] range, finds the bucket where
+    the mass counted from the top reaches p, and orders only that bucket's tokens. The
+    bucket masses are float32 sums when the log-probs are float32, so the crossing is
+    exact up to float32 rounding of the cumulative mass (the order to which float32
+    log-probs are normalised anyway). Returns (log_tau, log_mass, ok); ``ok`` is False
+    where the crossing bucket is too crowded to sort cheaply.
+    """
+    n, vocab = lp.shape
+    hi = lp.amax(-1, keepdim=True)
+    lo = lp.amin(-1, keepdim=True)
+    flat = (hi == lo).squeeze(1)  # all-equal rows: everything is kept
+    scale = torch.where(hi > lo, (_BUCKETS - 1) / (hi - lo), 0.0)
+    tmp = ws.get("hist_f", lp.shape, lp.dtype, lp.device)
+    torch.sub(hi, lp, out=tmp).mul_(scale).clamp_(0, _BUCKETS - 1)
+    bucket = ws.get("hist_i", lp.shape, torch.long, lp.device).copy_(tmp)  # 0: largest
+    torch.exp(lp, out=tmp)
+    hist = lp.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, tmp)
+    counts = lp.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, lp.new_ones(1, 1).expand(n, vocab))
+    cum = hist.double().cumsum(-1)
+    crossing = (cum < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
+    above = torch.where(crossing > 0, cum.gather(1, (crossing - 1).clamp_min(0)), 0.0)
+    count = counts.gather(1, crossing).squeeze(1).long()
+    ok = (count <= _MAX_BUCKET) | flat
+    small = count[count <= _MAX_BUCKET]
+    width = max(int(small.max()), 1) if small.numel() else 1
+    inside = torch.eq(bucket, crossing, out=ws.get("hist_b", lp.shape, torch.bool, lp.device))
+    torch.where(inside, lp, lp.new_tensor(float("-inf")), out=tmp)
+    v = tmp.topk(width, -1).values
+    q = v.double().exp()
+    before = above + q.cumsum(-1) - q
+    n_keep = torch.minimum((before < top_p).sum(-1, keepdim=True), count[:, None]).clamp_min(1)
+    tau = torch.where(hi == lo, hi, v.gather(1, n_keep - 1)).squeeze(1)
+    mass = above.squeeze(1) + torch.where(v >= tau[:, None], q, 0.0).sum(-1)
+    mass = torch.where(flat, vocab * hi.squeeze(1).double().exp(), mass)
+    return tau, mass.log(), ok
+
+
+def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
+                   workspace: Workspace | None = None) -> Thresholds | None:
     """Filter thresholds for rows of normalised log-probabilities (N, K); None if no filter.
 
-    Looks at the top ``max(64, top_k + 1)`` entries of each row first and widens the
-    window eightfold only for the rows it cannot decide (a full sort at worst).
+    Three stages, each only for the rows the previous one could not decide: the top
+    ``max(64, top_k + 1)`` entries of each row; for top-p alone, a histogram of the
+    row (:func:`_histogram`); a full sort.
     """
     n, vocab = log_probs.shape
     if not filter_active(top_p, top_k, vocab):
@@ -127,21 +172,30 @@ def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0) -> Thr
     log_mass = torch.empty(n, dtype=torch.float64, device=log_probs.device)
     todo = torch.arange(n, device=log_probs.device)
     width = min(vocab, max(_FIRST_WINDOW, top_k + 1))
-    while todo.numel():
+    stages = ["window", "histogram", "sort"] if top_p < 1.0 and not top_k else ["window", "sort"]
+    for stage in stages:
+        if not todo.numel():
+            break
         rows = log_probs if todo.numel() == n else log_probs[todo]
-        full = width >= vocab
-        v = rows.sort(-1, descending=True).values if full else rows.topk(width, -1).values
-        tau, mass, ok = _resolve(v, top_p, top_k, full)
+        if stage == "histogram":
+            tau, mass, ok = _histogram(rows, top_p, workspace or Workspace())
+        else:
+            full = stage == "sort" or width >= vocab
+            v = rows.sort(-1, descending=True).values if full else rows.topk(width, -1).values
+            tau, mass, ok = _resolve(v, top_p, top_k, full)
         log_tau[todo[ok]] = tau[ok]
         log_mass[todo[ok]] = mass[ok]
         todo = todo[~ok]
-        width = min(vocab, width * _WIDEN)
     return Thresholds(log_tau, log_mass)
 
 
-def filtered_weights(log_probs: Tensor, thresholds: Thresholds | None) -> Tensor:
-    """Unnormalised float64 weights of the filtered rows (N, K) -> (N, K)."""
-    w = log_probs.double().exp()
-    if thresholds is None:
-        return w
-    return torch.where(log_probs >= thresholds.log_tau[:, None], w, 0.0)
+def filtered_cdf(log_probs: Tensor, thresholds: Thresholds | None,
+                 workspace: Workspace | None = None) -> Tensor:
+    """Unnormalised float64 cumulative weights of the filtered rows (N, K) -> (N, K)."""
+    ws = workspace or Workspace()
+    w = ws.get("cdf", log_probs.shape, torch.float64, log_probs.device).copy_(log_probs).exp_()
+    if thresholds is not None:
+        drop = torch.lt(log_probs, thresholds.log_tau[:, None],
+                        out=ws.get("cdf_b", log_probs.shape, torch.bool, log_probs.device))
+        w.masked_fill_(drop, 0.0)
+    return w.cumsum_(-1)

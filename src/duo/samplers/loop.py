@@ -7,6 +7,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .base import Conditioning, Denoiser, GenerationOutput, Sampler
+from .workspace import Workspace
 
 
 def make_generator(generator: torch.Generator | None, seed: int | None,
@@ -75,6 +76,7 @@ def generate(
     if clamp is not None:
         z = clamp.apply(z)
     states = [z.cpu()] if return_intermediates else None
+    workspace = Workspace()
     nfe = 0
     last_input: Tensor | None = None
     last_pred: Tensor | None = None
@@ -82,7 +84,7 @@ def generate(
                                   desc="sampling")):
         reuse = cache and last_input is not None and torch.equal(z, last_input)
         out = sampler.step(denoiser, z, time, generator=gen,
-                           prediction=last_pred if reuse else None)
+                           prediction=last_pred if reuse else None, workspace=workspace)
         if i == 0 and out.log_probs.shape[-1] != vocab_size:
             raise ValueError(f"denoiser returned {out.log_probs.shape[-1]} classes but "
                              f"vocab_size={vocab_size}; pass the model's vocabulary size")

@@ -25,9 +25,15 @@ from torch import Tensor
 
 from duo.processes import absorbing, uniform
 
-from .filters import Thresholds, filter_active, filtered_weights, row_thresholds
+from .filters import Thresholds, filter_active, filtered_cdf, row_thresholds
+from .workspace import Workspace
 
 Weight = Tensor | float
+
+
+def _f64(a: float) -> Tensor:
+    # duo.processes turns a Python float into a float32 tensor; keep alphas in float64.
+    return torch.tensor(a, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,19 @@ class Mixture:
         return out
 
 
-def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
-    """Categorical draws from unnormalised non-negative weights (N, K) with uniforms u (N,).
+def search_cdf(cdf: Tensor, u: Tensor) -> Tensor:
+    """Categorical draws from unnormalised cumulative weights (N, K) with uniforms u (N,).
 
     ``right=True`` makes a zero-weight token impossible to draw.
     """
-    cdf = weights.cumsum(-1)
     target = (u * cdf[:, -1])[:, None]
     idx = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    return idx.clamp_max(weights.shape[-1] - 1)
+    return idx.clamp_max(cdf.shape[-1] - 1)
+
+
+def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
+    """Categorical draws from unnormalised non-negative weights (N, K) with uniforms u (N,)."""
+    return search_cdf(weights.cumsum(-1), u)
 
 
 def draw(
@@ -82,6 +92,7 @@ def draw(
     top_p: float,
     top_k: int,
     generator: torch.Generator | None,
+    workspace: Workspace | None = None,
 ) -> Tensor:
     """Sample every position of ``z`` (B, L) from mixture ``m``; returns int64 ids (B, L).
 
@@ -101,12 +112,15 @@ def draw(
     from_x = (u >= c_mask + m.uniform).reshape(-1)
     rows = from_x.nonzero().squeeze(1)
     if rows.numel():
-        lp = log_probs.reshape(-1, vocab)[rows]
+        ws = workspace or Workspace()
+        flat = log_probs.reshape(-1, vocab)
+        lp = flat if rows.numel() == flat.shape[0] else torch.index_select(
+            flat, 0, rows, out=ws.get("rows", (rows.numel(), vocab), flat.dtype, flat.device))
         if thresholds is not None:
             th = thresholds.take(rows)
         else:
-            th = row_thresholds(lp, top_p, top_k) if filter_active(top_p, top_k, vocab) else None
-        picked = inverse_cdf(filtered_weights(lp, th), u_x.reshape(-1)[rows])
+            th = row_thresholds(lp, top_p, top_k, ws) if filter_active(top_p, top_k, vocab) else None
+        picked = search_cdf(filtered_cdf(lp, th, ws), u_x.reshape(-1)[rows])
         out = out.reshape(-1).index_put((rows,), picked).reshape(b, l)
     return out
 
@@ -149,10 +163,10 @@ class UniformProcess:
                        x=a_s * (1.0 - a_t) / denom)
 
     def dense_posterior(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        return uniform.posterior(x_probs.double(), z, a_s, a_t, validate=False)
+        return uniform.posterior(x_probs.double(), z, _f64(a_s), _f64(a_t), validate=False)
 
     def dense_corrector(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        x0 = uniform.posterior(x_probs.double(), z, 1.0, a_t, validate=False)
+        x0 = uniform.posterior(x_probs.double(), z, _f64(1.0), _f64(a_t), validate=False)
         return a_s * x0 + (1.0 - a_s) / x_probs.shape[-1]
 
     def greedy(self, log_probs: Tensor, z: Tensor) -> Tensor:
@@ -185,7 +199,8 @@ class AbsorbingProcess:
         return Mixture(keep=a_s * (1.0 - masked), mask=1.0 - a_s, uniform=0.0, x=a_s * masked)
 
     def dense_posterior(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        return absorbing.posterior(x_probs.double(), z, a_s, a_t, self.mask_id, validate=False)
+        return absorbing.posterior(x_probs.double(), z, _f64(a_s), _f64(a_t), self.mask_id,
+                                   validate=False)
 
     def dense_corrector(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
         onehot = F.one_hot(z, x_probs.shape[-1]).double()

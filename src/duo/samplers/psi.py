@@ -29,6 +29,7 @@ from .ancestral import check_common, reverse_step
 from .base import Denoiser, StepOutput
 from .grid import PHASES, StepTime, TimeGrid, time_grid
 from .mixture import Process, get_process
+from .workspace import Workspace
 
 
 def _sigma_max(a_s: float, a_t: float) -> float:
@@ -130,9 +131,10 @@ class PsiSampler:
 
     def step(self, denoiser: Denoiser, z: Tensor, time: StepTime, *,
              generator: torch.Generator | None = None,
-             prediction: Tensor | None = None) -> StepOutput:
+             prediction: Tensor | None = None,
+             workspace: Workspace | None = None) -> StepOutput:
         a_s = 1.0 if time.last else time.alpha_s
         kappa = self.rule_for(time.phase).kappa(a_s, time.alpha_t)
         return reverse_step(self._process, denoiser, z, time, generator=generator,
                             prediction=prediction, top_p=self.top_p, top_k=self.top_k,
-                            tail=self.tail, kappa=kappa)
+                            tail=self.tail, kappa=kappa, workspace=workspace)

@@ -40,7 +40,9 @@ def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | N
     ).validate()
     backbone = build_model(model_cfg)
     steps = cfg.trainer.max_steps if max_steps is None else max_steps
-    return backbone, spec.method_cls(cfg.algo_cfg, backbone, vocab, steps)
+    method = spec.method_cls(cfg.algo_cfg, backbone, vocab, steps)
+    method.loss_chunk_elements = cfg.trainer.loss_chunk_elements
+    return backbone, method
 
 
 class DiffusionLM(pl.LightningModule):

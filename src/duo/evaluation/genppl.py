@@ -1,0 +1,140 @@
+"""Generative perplexity and unigram entropy of samples (MATH.md section 9).
+
+Gen PPL: decode the samples to text, re-tokenize with the judge as ``BOS text EOS``, and
+report ``exp`` of the judge's mean next-token NLL over every token after BOS. Always
+report it with the samples' entropy: a low Gen PPL with a low entropy is mode collapse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .judges import EvalLM
+
+# A judge fails the round trip when it drops more than this share of a sample's characters
+# or maps more than this share of its tokens to the unknown token.
+MAX_LOSS = 0.05
+
+
+@dataclass
+class GenPPLResult:
+    gen_ppl: float
+    mean_nll: float
+    num_tokens: int
+    num_samples: int
+    judge: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unigram_entropy(tokens: Tensor | Sequence[Sequence[int]]) -> float:
+    """Entropy (nats) of the token-id frequencies within each sample, averaged over samples.
+
+    ``tokens``: (B, L) ids or a list of id lists. All-identical tokens give 0; n distinct
+    ids, each equally often, give ``log n``.
+    """
+    rows = tokens.tolist() if isinstance(tokens, Tensor) else [list(r) for r in tokens]
+    if not rows:
+        raise ValueError("unigram_entropy got no samples; pass a (B, L) tensor with B >= 1")
+    total = 0.0
+    for row in rows:
+        if not row:
+            continue
+        n = len(row)
+        total -= sum(c / n * math.log(c / n) for c in Counter(row).values())
+    return total / len(rows)
+
+
+def _normalise(text: str) -> str:
+    # Case and spacing are what uncased / word-level tokenizers legitimately change.
+    return "".join(text.lower().split())
+
+
+def _chars_lost(original: str, round_trip: str) -> float:
+    a, b = Counter(_normalise(original)), Counter(_normalise(round_trip))
+    return sum((a - b).values()) / max(sum(a.values()), 1)
+
+
+def encode_for_judge(judge: EvalLM, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+    """``BOS ids EOS`` per text, checking that the judge's tokenizer can represent it."""
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            ids = judge.encode(text)
+        except ValueError as err:
+            raise ValueError(f"judge {judge.name!r} cannot encode sample {i}: {err}") from None
+        unk = sum(1 for t in ids if judge.unk_id is not None and t == judge.unk_id) / max(len(ids), 1)
+        lost = _chars_lost(text, judge.decode(ids))
+        if unk > MAX_LOSS or lost > MAX_LOSS:
+            raise ValueError(
+                f"judge {judge.name!r} cannot encode the samples: sample {i} maps {unk:.0%} of its tokens to "
+                f"unknown and loses {lost:.0%} of its characters; use a judge whose tokenizer covers the text "
+                "(e.g. an ar run trained with the sampled model's tokenizer)"
+            )
+        ids = ([judge.bos_id] if judge.bos_id is not None else []) + ids
+        ids += [judge.eos_id] if judge.eos_id is not None else []
+        out.append(ids[:max_length] if max_length else ids)
+    return out
+
+
+def _windows(ids: list[int], size: int) -> list[list[int]]:
+    """Windows of at most ``size`` ids overlapping by one, so every id after the first is
+    predicted exactly once, with as much context as the judge allows."""
+    if size < 2:
+        raise ValueError(f"judge context size {size} is too short; it must be >= 2")
+    out, start = [], 0
+    while start < len(ids) - 1:
+        out.append(ids[start:start + size])
+        start += size - 1
+    return out
+
+
+@torch.no_grad()
+def generative_perplexity(
+    texts: Sequence[str],
+    judge: EvalLM,
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+) -> GenPPLResult:
+    """``exp`` of the judge's mean NLL per token over the re-tokenized texts.
+
+    ``device``: where the ids go (default: the judge's ``device`` attribute, if any).
+    ``max_length`` truncates each re-tokenized text (BOS and EOS included); longer texts
+    are scored in windows of the judge's context size.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if not texts:
+        raise ValueError("generative_perplexity got no texts; generate some samples first")
+    device = device if device is not None else getattr(judge, "device", None)
+    windows = [w for ids in encode_for_judge(judge, texts, max_length) for w in _windows(ids, judge.context_size)]
+    if not windows:
+        raise ValueError("the samples give no token to score; generate longer samples")
+    nll_sum, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        width = max(len(w) for w in chunk)
+        ids = torch.full((len(chunk), width), judge.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, w in enumerate(chunk):
+            ids[r, :len(w)] = torch.tensor(w)
+            mask[r, :len(w)] = 1
+        if device is not None:
+            ids, mask = ids.to(device), mask.to(device)
+        logits = judge.logits(ids, mask).float()
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        keep = mask[:, 1:].bool()
+        nll_sum += float(nll[keep].double().sum())
+        count += int(keep.sum())
+    mean = nll_sum / count
+    return GenPPLResult(math.exp(min(mean, 700.0)), mean, count, len(texts), judge.name)

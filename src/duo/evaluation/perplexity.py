@@ -1,0 +1,181 @@
+"""Perplexity of a trained model on packed data (MATH.md sections 2 and 9).
+
+Diffusion models (Duo, MDLM) give an upper bound: ``exp`` of the per-token NELBO with one
+``t`` per sequence, stratified (antithetic) across each batch. The bound has three terms,
+reported separately:
+
+- ``diffusion``: the continuous-time NELBO integrand averaged over ``t`` in ``[eps, 1]``;
+- ``prior``: ``KL(q_1(. | x) || prior)`` (Duo: against the uniform prior; MDLM follows
+  its paper and omits it, since ``alpha_1 > 0`` makes it infinite against the all-mask
+  prior);
+- ``reconstruction``: ``-log x_theta(x | z_{t0})`` at ``t0 = eps``.
+
+The autoregressive model gives its exact next-token NLL (not a bound).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from ..losses import reconstruction_nll
+from ..processes import absorbing, uniform
+from ..schedules import antithetic_times
+
+
+@dataclass
+class PerplexityResult:
+    """Per-token NELBO (nats) and its ``exp``; ``terms`` splits ``nelbo`` for diffusion models.
+
+    ``bound`` is True when ``ppl`` is an upper bound (diffusion), False for the exact AR NLL.
+    """
+
+    nelbo: float
+    ppl: float
+    num_tokens: int
+    num_sequences: int
+    bound: bool
+    terms: dict[str, float] = field(default_factory=dict)
+    method: str = ""
+    corpus: str | None = None
+    split: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def display(self) -> str:
+        return f"{'<= ' if self.bound else ''}{self.ppl:.2f}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _method_of(loaded_or_method):
+    return getattr(loaded_or_method, "method", loaded_or_method)
+
+
+def _batches(data, batch_size: int) -> Iterable[dict[str, Tensor]]:
+    """A dataset becomes an in-order DataLoader; anything else is taken as batches."""
+    if isinstance(data, torch.utils.data.Dataset):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    return data
+
+
+def _noised(method, x: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
+    if method.process == "absorbing":
+        return absorbing.sample_zt(x, alpha, method.mask_id, generator=gen)
+    return uniform.sample_zt(x, alpha, method.vocab_size, generator=gen)
+
+
+def _reconstruction(method, batch: dict[str, Tensor], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Summed ``-log x_theta(x | z_t0)`` at ``t0 = eps`` and the token count."""
+    x = batch["input_ids"]
+    t0 = torch.full((x.shape[0],), float(method.cfg.eps), device=x.device)
+    alpha = method.schedule.alpha(t0)
+    z0 = _noised(method, x, alpha[:, None], gen)
+    per_token = reconstruction_nll(method.denoiser(z0, alpha).float(), x)
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
+    return per_token.masked_fill(~mask, 0.0).sum().double(), mask.sum().double()
+
+
+def batch_seed(seed: int, index: int) -> int:
+    # A fixed function of (seed, batch): results do not depend on what ran before.
+    return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+@torch.no_grad()
+def perplexity(
+    loaded_or_method,
+    dataset_or_loader,
+    *,
+    batch_size: int = 16,
+    max_batches: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    corpus: str | None = None,
+    split: str | None = None,
+) -> PerplexityResult:
+    """Perplexity of ``loaded_or_method`` (a :class:`LoadedModel` or a method) on data.
+
+    ``dataset_or_loader`` is a dataset of ``dict(input_ids, attention_mask)`` rows or an
+    iterable of such batches. The same ``seed`` gives the same result.
+    """
+    method = _method_of(loaded_or_method)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches={max_batches} must be >= 1 or None (all batches)")
+    device = torch.device(device) if device is not None else next(method.backbone.parameters()).device
+    diffusion = method.process != "causal"
+    sums = {"total": 0.0, "tokens": 0.0, "prior": 0.0, "recon": 0.0, "recon_tokens": 0.0}
+    sequences = 0
+    was_training = method.backbone.training
+    method.backbone.eval()
+    start = time.perf_counter()
+    try:
+        for index, batch in enumerate(_batches(dataset_or_loader, batch_size)):
+            if max_batches is not None and index >= max_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            x = batch["input_ids"]
+            gen = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
+            t = None
+            if diffusion:
+                u = torch.rand((), generator=torch.Generator().manual_seed(batch_seed(seed, index)),
+                               dtype=torch.float64)
+                t = antithetic_times(x.shape[0], eps=float(method.cfg.eps), u=u, device=device)
+            out = method.eval_loss(batch, t, generator=gen)
+            sums["total"] += float(out.nelbo_sum)
+            sums["tokens"] += float(out.num_tokens)
+            sums["prior"] += float(out.metrics.get("prior_kl_per_token", 0.0)) * float(out.num_tokens)
+            if diffusion:
+                recon, count = _reconstruction(method, batch, gen)
+                sums["recon"] += float(recon)
+                sums["recon_tokens"] += float(count)
+            sequences += x.shape[0]
+    finally:
+        method.backbone.train(was_training)
+    if sums["tokens"] == 0:
+        raise ValueError("no tokens to evaluate: the data is empty; check the corpus, split and seq_len")
+    tokens = sums["tokens"]
+    terms: dict[str, float] = {}
+    nelbo = sums["total"] / tokens
+    if diffusion:
+        recon = sums["recon"] / max(sums["recon_tokens"], 1.0)
+        terms = {"diffusion": (sums["total"] - sums["prior"]) / tokens, "prior": sums["prior"] / tokens,
+                 "reconstruction": recon}
+        nelbo += recon
+    return PerplexityResult(
+        nelbo=nelbo, ppl=math.exp(min(nelbo, 700.0)), num_tokens=int(tokens), num_sequences=sequences,
+        bound=diffusion, terms=terms, method=method.name, corpus=corpus, split=split,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def corpus_perplexity(
+    loaded,
+    corpus: str | None = None,
+    split: str | None = None,
+    *,
+    seq_len: int | None = None,
+    packing: str | None = None,
+    batch_size: int = 16,
+    max_batches: int | None = None,
+    max_documents: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    show_progress: bool = False,
+) -> PerplexityResult:
+    """Perplexity of a loaded checkpoint on a corpus (default: its own validation split),
+    tokenized with the checkpoint's tokenizer; see :func:`duo.evaluation.data.eval_data`."""
+    from .data import eval_data
+
+    data = eval_data(loaded, corpus, split, seq_len=seq_len, packing=packing,
+                     max_documents=max_documents, show_progress=show_progress)
+    return perplexity(loaded, data.dataset, batch_size=batch_size, max_batches=max_batches, seed=seed,
+                      device=device, corpus=data.corpus, split=data.split)
