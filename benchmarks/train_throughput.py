@@ -19,12 +19,12 @@ import time
 import torch
 
 from duo.experiment import build_config
-from duo.models import count_parameters, flops_per_token
+from duo.models import compile_backbone, count_parameters, flops_per_token
 from duo.training.module import build_method
 
 
 def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device: str,
-          compile_model: bool, vocab: int, algo: str, curriculum: str) -> dict:
+          compile_model: bool, vocab: int, algo: str, curriculum: str, chunk: int) -> dict:
     overrides = [f"algo={algo}", f"model={preset}", f"model.max_seq_len={max(seq_len, 8)}"]
     if algo == "duo" and curriculum != "none":
         overrides += [f"algo.curriculum={curriculum}", "algo.curriculum_steps=1000000"]
@@ -32,8 +32,9 @@ def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device
     backbone, method = build_method(cfg, vocab)
     backbone.to(device).train()
     backbone.check_inputs = False
+    method.loss_chunk_elements = chunk
     if compile_model:
-        method.backbone = torch.compile(backbone)
+        compile_backbone(backbone)
     opt = torch.optim.AdamW(backbone.parameters(), lr=1e-4, fused=device == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, vocab, (batch, seq_len), device=device, generator=gen)
@@ -63,7 +64,7 @@ def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device
     fpt = flops_per_token(backbone.config, seq_len)
     return {
         "preset": preset, "algo": algo, "curriculum": curriculum, "device": device,
-        "compile": compile_model, "batch": batch, "seq_len": seq_len, "vocab": vocab,
+        "compile": compile_model, "chunk": chunk, "batch": batch, "seq_len": seq_len, "vocab": vocab,
         "params": count_parameters(backbone), "step_s": dt, "tokens_per_s": tok_s,
         "tflops": tok_s * fpt / 1e12,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--algo", default="duo")
     ap.add_argument("--curriculum", default="none", choices=["none", "full", "topk"])
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--loss-chunk-elements", type=int, default=2**24,
+                    help="logits elements per chunk of the output layer + loss")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--json", help="append results as JSON lines to this file")
@@ -92,7 +95,7 @@ def main() -> None:
     for preset in args.presets:
         vocab = args.tiny_vocab if preset == "tiny" else args.vocab
         rows.append(bench(preset, args.batch, args.seq_len, args.steps, args.warmup, args.device,
-                          args.compile, vocab, args.algo, args.curriculum))
+                          args.compile, vocab, args.algo, args.curriculum, args.loss_chunk_elements))
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("| preset | algo | curriculum | compile | B x L | K | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |")

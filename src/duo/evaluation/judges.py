@@ -89,7 +89,11 @@ class HFCausalLM:
     @classmethod
     def load(cls, name_or_path: str, device: torch.device | str = "cpu") -> "HFCausalLM":
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        # The per-tensor "Loading weights" bar is noise in a command's output.
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModelForCausalLM.from_pretrained(name_or_path)
@@ -99,6 +103,9 @@ class HFCausalLM:
                 f"cannot load judge {name_or_path!r} ({first[:160]}); offline, pass judge=<an ar run "
                 "directory> or a local Hugging Face model directory"
             ) from None
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         return cls(model.to(device).eval(), tok, name_or_path)
 
     @property

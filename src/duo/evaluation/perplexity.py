@@ -27,6 +27,8 @@ from ..losses import reconstruction_nll
 from ..processes import absorbing, uniform
 from ..schedules import antithetic_times
 
+_MAX_ELEMENTS = 2**25  # log-prob elements per reconstruction chunk
+
 
 @dataclass
 class PerplexityResult:
@@ -79,7 +81,10 @@ def _reconstruction(method, batch: dict[str, Tensor], gen: torch.Generator) -> t
     t0 = torch.full((x.shape[0],), float(method.cfg.eps), device=x.device)
     alpha = method.schedule.alpha(t0)
     z0 = _noised(method, x, alpha[:, None], gen)
-    per_token = reconstruction_nll(method.denoiser(z0, alpha).float(), x)
+    # Rows in chunks: (B, L, K) log-probs at K = 50,257 would take gigabytes.
+    rows = max(1, _MAX_ELEMENTS // (x.shape[1] * method.vocab_size))
+    per_token = torch.cat([reconstruction_nll(method.denoiser(z0[i:i + rows], alpha[i:i + rows]).float(),
+                                              x[i:i + rows]) for i in range(0, x.shape[0], rows)])
     mask = batch.get("attention_mask")
     mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
     return per_token.masked_fill(~mask, 0.0).sum().double(), mask.sum().double()

@@ -4,7 +4,7 @@ from duo.models.attention import flash_attn_available
 from duo.models.config import MODEL_PRESETS, ModelConfig, get_model_config
 from duo.models.dit import DiT, ModelInput, build_model
 from duo.models.layers import timestep_embedding
-from duo.models.utils import count_parameters, flops_per_token, strip_prefix
+from duo.models.utils import compile_backbone, count_parameters, flops_per_token, strip_prefix
 
 __all__ = [
     "MODEL_PRESETS",
@@ -12,6 +12,7 @@ __all__ = [
     "ModelConfig",
     "ModelInput",
     "build_model",
+    "compile_backbone",
     "count_parameters",
     "flash_attn_available",
     "flops_per_token",

@@ -51,3 +51,17 @@ def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "backbone.") ->
     if not any(key.startswith(prefix) for key in state_dict):
         return dict(state_dict)
     return {key[len(prefix):]: v for key, v in state_dict.items() if key.startswith(prefix)}
+
+
+def compile_backbone(model: nn.Module, **options) -> nn.Module:
+    """``torch.compile`` the transformer body and the output projection in place.
+
+    The losses call ``model.hidden`` and ``model.output_layer.project`` separately (the
+    output layer runs in chunks), so those two are compiled rather than ``forward``.
+    The state dict is unchanged.
+    """
+    import torch
+
+    model.hidden = torch.compile(model.hidden, **options)
+    model.output_layer.project = torch.compile(model.output_layer.project, **options)
+    return model

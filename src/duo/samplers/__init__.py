@@ -11,15 +11,17 @@ from .base import Conditioning, Denoiser, GenerationOutput, Sampler, StepOutput
 from .filters import Thresholds, filter_probs, row_thresholds, top_k_filter, top_p_filter
 from .grid import PHASES, StepTime, TimeGrid, time_grid
 from .loop import generate
-from .mixture import PROCESSES, Mixture, get_process, inverse_cdf
+from .mixture import Mixture, inverse_cdf
+from .steps import PROCESSES, AbsorbingProcess, UniformProcess, get_process
 from .psi import KAPPA_RULES, KappaRule, PsiSampler
 from .registry import SAMPLERS, get_sampler
+from .workspace import Workspace
 
 __all__ = [
     "KAPPA_RULES", "PHASES", "PROCESSES", "SAMPLERS", "TAILS",
-    "ARSampler", "AncestralSampler", "Conditioning", "Denoiser", "GenerationOutput",
+    "ARSampler", "AbsorbingProcess", "AncestralSampler", "Conditioning", "Denoiser", "GenerationOutput",
     "KappaRule", "Mixture", "PsiSampler", "Sampler", "StepOutput", "StepTime",
-    "Thresholds", "TimeGrid",
+    "Thresholds", "TimeGrid", "UniformProcess", "Workspace",
     "filter_probs", "generate", "generate_ar", "get_process", "get_sampler",
     "inverse_cdf", "reverse_step", "row_thresholds", "step_probs", "time_grid",
     "top_k_filter", "top_p_filter",

@@ -16,7 +16,8 @@ from torch import Tensor
 from .base import Denoiser, StepOutput, predict
 from .filters import check_filter, filter_active, filter_probs, row_thresholds
 from .grid import StepTime, TimeGrid, time_grid
-from .mixture import Process, draw, get_process, x_at_z
+from .mixture import draw, x_at_z
+from .steps import Process, get_process
 from .workspace import Workspace
 
 TAILS = ("ancestral", "greedy")

@@ -26,6 +26,7 @@ from .workspace import Workspace
 _FIRST_WINDOW = 64
 _BUCKETS = 2048
 _MAX_BUCKET = 2048  # a more crowded crossing bucket falls back to a full sort
+_LOG_RANGE = 80.0  # buckets span at most this far below a row's largest log-prob
 
 
 def check_filter(top_p: float, top_k: int) -> None:
@@ -78,14 +79,22 @@ class Thresholds:
     """Per-row filter: keep token j iff ``log_probs_j >= log_tau``; kept mass ``exp(log_mass)``.
 
     The filtered probability of a kept token is ``exp(log_probs_j - log_mass)``.
-    Shapes (N,): ``log_tau`` in the log-probs' dtype, ``log_mass`` float64.
+    Shapes (N,): ``log_tau`` in the log-probs' dtype, ``log_mass`` float64. Where
+    ``windowed`` is True every kept token is among the row's ``window_ids`` (N, w) with
+    log-probs ``window_lp`` (N, w), so a draw needs only the window, not the row.
     """
 
     log_tau: Tensor
     log_mass: Tensor
+    window_lp: Tensor | None = None
+    window_ids: Tensor | None = None
+    windowed: Tensor | None = None
 
     def take(self, rows: Tensor) -> "Thresholds":
-        return Thresholds(self.log_tau[rows], self.log_mass[rows])
+        if self.windowed is None:
+            return Thresholds(self.log_tau[rows], self.log_mass[rows])
+        return Thresholds(self.log_tau[rows], self.log_mass[rows], self.window_lp[rows],
+                          self.window_ids[rows], self.windowed[rows])
 
 
 def _resolve(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,38 +128,49 @@ def _resolve(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, T
 def _histogram(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
     """top-p thresholds for broad rows (n, K) without sorting them.
 
-    Buckets each row's log-probs evenly on its [min, max] range, finds the bucket where
-    the mass counted from the top reaches p, and orders only that bucket's tokens. The
-    bucket masses are float32 sums when the log-probs are float32, so the crossing is
-    exact up to float32 rounding of the cumulative mass (the order to which float32
-    log-probs are normalised anyway). Returns (log_tau, log_mass, ok); ``ok`` is False
-    where the crossing bucket is too crowded to sort cheaply.
+    Buckets each row's log-probs evenly between its maximum and its minimum (at most
+    ``_LOG_RANGE`` below), finds the bucket where the mass counted from the top reaches
+    p, and orders only that bucket's tokens. Bucket masses are summed in the log-probs'
+    dtype, so with float32 the crossing is exact up to float32 rounding of the
+    cumulative mass (the order to which float32 log-probs are normalised anyway).
+    Returns (log_tau, log_mass, ok); ``ok`` is False where the crossing bucket may hold
+    more than ``_MAX_BUCKET`` tokens (those rows are sorted instead).
     """
     n, vocab = lp.shape
     hi = lp.amax(-1, keepdim=True)
-    lo = lp.amin(-1, keepdim=True)
+    lo = torch.maximum(lp.amin(-1, keepdim=True), hi - _LOG_RANGE)  # -inf entries (a mask)
     flat = (hi == lo).squeeze(1)  # all-equal rows: everything is kept
+    if bool(flat.all()):  # e.g. an untrained model with a zero output layer
+        return hi.squeeze(1), (vocab * hi.squeeze(1).double().exp()).log(), flat
     scale = torch.where(hi > lo, (_BUCKETS - 1) / (hi - lo), 0.0)
     tmp = ws.get("hist_f", lp.shape, lp.dtype, lp.device)
     torch.sub(hi, lp, out=tmp).mul_(scale).clamp_(0, _BUCKETS - 1)
     bucket = ws.get("hist_i", lp.shape, torch.long, lp.device).copy_(tmp)  # 0: largest
     torch.exp(lp, out=tmp)
-    hist = lp.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, tmp)
-    counts = lp.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, lp.new_ones(1, 1).expand(n, vocab))
-    cum = hist.double().cumsum(-1)
+    hist = lp.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, tmp).double()
+    cum = hist.cumsum(-1)
     crossing = (cum < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
     above = torch.where(crossing > 0, cum.gather(1, (crossing - 1).clamp_min(0)), 0.0)
-    count = counts.gather(1, crossing).squeeze(1).long()
-    ok = (count <= _MAX_BUCKET) | flat
-    small = count[count <= _MAX_BUCKET]
-    width = max(int(small.max()), 1) if small.numel() else 1
+    # Members of bucket c have log-prob above hi - (c + 1) / scale: bound their number.
+    floor = (hi.double() - (crossing + 1) / scale.double().clamp_min(1e-300)).exp()
+    bound = 1.01 * hist.gather(1, crossing) / floor + 1.0
+    ok = (bound.squeeze(1) <= _MAX_BUCKET) | flat
+    crossing = torch.where((ok & ~flat)[:, None], crossing, -1)  # -1 selects nothing
     inside = torch.eq(bucket, crossing, out=ws.get("hist_b", lp.shape, torch.bool, lp.device))
-    torch.where(inside, lp, lp.new_tensor(float("-inf")), out=tmp)
-    v = tmp.topk(width, -1).values
+    row, col = inside.nonzero().unbind(1)  # row-major: grouped by row
+    vals = lp[row, col]
+    count = torch.bincount(row, minlength=n)
+    order = vals.sort(descending=True, stable=True).indices
+    order = order[row[order].sort(stable=True).indices]  # by row, then by value
+    row, vals = row[order], vals[order]
+    slot = torch.arange(row.numel(), device=lp.device) - (count.cumsum(0) - count)[row]
+    width = max(int(count.max()), 1) if row.numel() else 1
+    v = lp.new_full((n, width), float("-inf"))
+    v[row, slot] = vals
     q = v.double().exp()
     before = above + q.cumsum(-1) - q
     n_keep = torch.minimum((before < top_p).sum(-1, keepdim=True), count[:, None]).clamp_min(1)
-    tau = torch.where(hi == lo, hi, v.gather(1, n_keep - 1)).squeeze(1)
+    tau = torch.where(flat[:, None], hi, v.gather(1, n_keep - 1)).squeeze(1)
     mass = above.squeeze(1) + torch.where(v >= tau[:, None], q, 0.0).sum(-1)
     mass = torch.where(flat, vocab * hi.squeeze(1).double().exp(), mass)
     return tau, mass.log(), ok
@@ -161,32 +181,47 @@ def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
     """Filter thresholds for rows of normalised log-probabilities (N, K); None if no filter.
 
     Three stages, each only for the rows the previous one could not decide: the top
-    ``max(64, top_k + 1)`` entries of each row; for top-p alone, a histogram of the
-    row (:func:`_histogram`); a full sort.
+    ``max(64, top_k + 1)`` entries of each row (skipped for top-p rows whose largest
+    probability shows the window cannot hold mass p); for top-p alone, a histogram of
+    the row (:func:`_histogram`); a full sort.
     """
     n, vocab = log_probs.shape
     if not filter_active(top_p, top_k, vocab):
         return None
     top_k = top_k if 0 < top_k < vocab else 0
-    log_tau = log_probs.new_empty(n)
-    log_mass = torch.empty(n, dtype=torch.float64, device=log_probs.device)
-    todo = torch.arange(n, device=log_probs.device)
     width = min(vocab, max(_FIRST_WINDOW, top_k + 1))
-    stages = ["window", "histogram", "sort"] if top_p < 1.0 and not top_k else ["window", "sort"]
-    for stage in stages:
+    full = width >= vocab
+    device = log_probs.device
+    log_tau = log_probs.new_empty(n)
+    log_mass = torch.empty(n, dtype=torch.float64, device=device)
+    window_lp = log_probs.new_full((n, width), float("-inf"))
+    window_ids = torch.zeros((n, width), dtype=torch.long, device=device)
+    windowed = torch.zeros(n, dtype=torch.bool, device=device)
+    histogram = top_p < 1.0 and not top_k
+    if histogram and not full:
+        reach = width * log_probs.amax(-1).double().exp() >= top_p
+        tried = reach.nonzero().squeeze(1)
+    else:
+        tried = torch.arange(n, device=device)
+    if tried.numel():
+        rows = log_probs if tried.numel() == n else log_probs[tried]
+        top = rows.sort(-1, descending=True) if full else rows.topk(width, -1)
+        tau, mass, ok = _resolve(top.values, top_p, top_k, full)
+        window_lp[tried], window_ids[tried] = top.values, top.indices
+        log_tau[tried], log_mass[tried], windowed[tried] = tau, mass, ok
+    todo = (~windowed).nonzero().squeeze(1)
+    for stage in ["histogram", "sort"] if histogram else ["sort"]:
         if not todo.numel():
             break
         rows = log_probs if todo.numel() == n else log_probs[todo]
         if stage == "histogram":
-            tau, mass, ok = _histogram(rows, top_p, workspace or Workspace())
+            tau, mass, done = _histogram(rows, top_p, workspace or Workspace())
         else:
-            full = stage == "sort" or width >= vocab
-            v = rows.sort(-1, descending=True).values if full else rows.topk(width, -1).values
-            tau, mass, ok = _resolve(v, top_p, top_k, full)
-        log_tau[todo[ok]] = tau[ok]
-        log_mass[todo[ok]] = mass[ok]
-        todo = todo[~ok]
-    return Thresholds(log_tau, log_mass)
+            tau, mass, done = _resolve(rows.sort(-1, descending=True).values, top_p, top_k, True)
+        log_tau[todo[done]] = tau[done]
+        log_mass[todo[done]] = mass[done]
+        todo = todo[~done]
+    return Thresholds(log_tau, log_mass, window_lp, window_ids, windowed)
 
 
 def filtered_cdf(log_probs: Tensor, thresholds: Thresholds | None,

@@ -58,6 +58,9 @@ def generate(
         time_conditioned: whether the denoiser uses alpha_t; defaults to its
             ``time_conditioned`` attribute, else True. Caching requires False.
     """
+    if not callable(getattr(sampler, "step", None)):
+        raise ValueError(f"{type(sampler).__name__} is not a diffusion sampler; use "
+                         "generate_ar for autoregressive sampling")
     _check_sizes(batch_size, seq_len, vocab_size)
     steps = sampler.default_steps if steps is None else steps
     grid = sampler.time_grid(steps)

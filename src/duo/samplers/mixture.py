@@ -10,30 +10,22 @@ The §1 posterior has this form (its numerator is ``(a_s - a_t) x_theta + const 
 corrector. Sampling the mixture directly needs only ``x_theta[z]`` per position and a
 categorical draw from ``x_theta`` for the few positions that pick that component, instead
 of several float64 passes over (B, L, K): at K = 50,257 those passes would cost more
-than a small network. :meth:`Mixture.dense` expands it for tests and small K, and the
-``dense_*`` methods give the same step from ``duo.processes`` for checking.
+than a small network. :meth:`Mixture.dense` expands it for tests and small K; the process adapters
+(:mod:`duo.samplers.steps`) give the weights and, for checking, the same step built from
+``duo.processes``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-from duo.processes import absorbing, uniform
 
 from .filters import Thresholds, filter_active, filtered_cdf, row_thresholds
 from .workspace import Workspace
 
 Weight = Tensor | float
-
-
-def _f64(a: float) -> Tensor:
-    # duo.processes turns a Python float into a float32 tensor; keep alphas in float64.
-    return torch.tensor(a, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -57,7 +49,8 @@ class Mixture:
         shape = z.shape + (1,)
 
         def col(w: Weight) -> Tensor:
-            return torch.as_tensor(w, dtype=torch.float64, device=z.device).expand(z.shape).reshape(shape)
+            w = torch.as_tensor(w, dtype=torch.float64, device=z.device)
+            return w.expand(z.shape).reshape(shape)
 
         out = col(self.x) * x_probs + col(self.uniform) / x_probs.shape[-1]
         out = out.scatter_add(-1, z[..., None], col(self.keep))
@@ -112,17 +105,43 @@ def draw(
     from_x = (u >= c_mask + m.uniform).reshape(-1)
     rows = from_x.nonzero().squeeze(1)
     if rows.numel():
-        ws = workspace or Workspace()
-        flat = log_probs.reshape(-1, vocab)
-        lp = flat if rows.numel() == flat.shape[0] else torch.index_select(
-            flat, 0, rows, out=ws.get("rows", (rows.numel(), vocab), flat.dtype, flat.device))
         if thresholds is not None:
-            th = thresholds.take(rows)
-        else:
-            th = row_thresholds(lp, top_p, top_k, ws) if filter_active(top_p, top_k, vocab) else None
-        picked = search_cdf(filtered_cdf(lp, th, ws), u_x.reshape(-1)[rows])
+            thresholds = thresholds.take(rows)
+        picked = _sample_rows(log_probs.reshape(-1, vocab), rows, u_x.reshape(-1)[rows],
+                              thresholds, top_p, top_k, workspace or Workspace())
         out = out.reshape(-1).index_put((rows,), picked).reshape(b, l)
     return out
+
+
+def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, th: Thresholds | None,
+                 top_p: float, top_k: int, ws: Workspace) -> Tensor:
+    """Draw from the filtered prediction of rows ``rows`` of ``flat`` (N, K); ``th`` is
+    for those rows or None (then computed here). Returns (n,) ids."""
+    n, vocab = rows.numel(), flat.shape[1]
+    if th is None and filter_active(top_p, top_k, vocab):
+        lp = flat[rows] if n < flat.shape[0] else flat
+        th = row_thresholds(lp, top_p, top_k, ws)
+    picked = torch.empty(n, dtype=torch.long, device=flat.device)
+    in_window = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if th is not None and th.windowed is not None:
+        # Rows whose kept set fits in the top-k window: draw among the window only.
+        in_window = th.windowed
+        win = in_window.nonzero().squeeze(1)
+        if win.numel():
+            vals = th.window_lp[win]
+            w = torch.where(vals >= th.log_tau[win, None], vals.double().exp(), 0.0)
+            j = search_cdf(w.cumsum(-1), u[win])
+            picked[win] = th.window_ids[win].gather(1, j[:, None]).squeeze(1)
+    rest = (~in_window).nonzero().squeeze(1)
+    if rest.numel():
+        m = rest.numel()
+        src = rows[rest]
+        buf = ws.get("rows", (m, vocab), flat.dtype, flat.device)
+        lp = flat if m == flat.shape[0] else torch.gather(
+            flat, 0, src[:, None].expand(m, vocab), out=buf)
+        sub = th.take(rest) if th is not None else None
+        picked[rest] = search_cdf(filtered_cdf(lp, sub, ws), u[rest])
+    return picked
 
 
 def x_at_z(log_probs: Tensor, z: Tensor, thresholds: Thresholds | None) -> Tensor:
@@ -133,96 +152,3 @@ def x_at_z(log_probs: Tensor, z: Tensor, thresholds: Thresholds | None) -> Tenso
     tau = thresholds.log_tau.view(z.shape)
     mass = thresholds.log_mass.view(z.shape)
     return torch.where(lp_z >= tau, (lp_z.double() - mass).exp(), 0.0)
-
-
-class UniformProcess:
-    """Uniform-state diffusion: prior uniform, §1 posterior, corrector ``a_s x0 + (1 - a_s)/K``."""
-
-    name = "uniform"
-    uses_noise = True
-    needs_x_at_z = True  # the weights depend on x_theta[z]
-
-    def __init__(self, mask_id: int | None = None) -> None:
-        self.mask_id = None  # the uniform process has no mask; any given id is ignored
-
-    def prior(self, shape, vocab_size, generator, device) -> Tensor:
-        return uniform.prior_sample(shape, vocab_size, generator=generator, device=device)
-
-    def posterior(self, z: Tensor, xz: Tensor, a_s: float, a_t: float, vocab: int) -> Mixture:
-        a_ts = a_t / a_s
-        kx = vocab * a_t * xz
-        denom = kx + (1.0 - a_t)
-        return Mixture(keep=(kx + (a_ts - a_t)) / denom, mask=0.0,
-                       uniform=(1.0 - a_ts) * (1.0 - a_s) / denom, x=(a_s - a_t) / denom)
-
-    def corrector(self, z: Tensor, xz: Tensor, a_s: float, a_t: float, vocab: int) -> Mixture:
-        # x0_hat = posterior towards t = 0, re-noised to time s.
-        kx = vocab * a_t * xz
-        denom = kx + (1.0 - a_t)
-        return Mixture(keep=a_s * kx / denom, mask=0.0, uniform=1.0 - a_s,
-                       x=a_s * (1.0 - a_t) / denom)
-
-    def dense_posterior(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        return uniform.posterior(x_probs.double(), z, _f64(a_s), _f64(a_t), validate=False)
-
-    def dense_corrector(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        x0 = uniform.posterior(x_probs.double(), z, _f64(1.0), _f64(a_t), validate=False)
-        return a_s * x0 + (1.0 - a_s) / x_probs.shape[-1]
-
-    def greedy(self, log_probs: Tensor, z: Tensor) -> Tensor:
-        return log_probs.argmax(-1)
-
-
-class AbsorbingProcess:
-    """Masked diffusion: prior all-mask, unmasking posterior, corrector ``a_s x0 + (1 - a_s) e_mask``."""
-
-    name = "absorbing"
-    uses_noise = False
-    needs_x_at_z = False
-
-    def __init__(self, mask_id: int | None = None) -> None:
-        if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
-            raise ValueError(f"mask_id={mask_id!r}: the absorbing process needs the mask "
-                             "token's id (an integer >= 0, usually vocab_size - 1)")
-        self.mask_id = mask_id
-
-    def prior(self, shape, vocab_size, generator, device) -> Tensor:
-        return absorbing.prior_sample(shape, self.mask_id, device=device)
-
-    def posterior(self, z: Tensor, xz: Tensor | None, a_s: float, a_t: float, vocab: int) -> Mixture:
-        masked = (z == self.mask_id).double()
-        return Mixture(keep=1.0 - masked, mask=masked * ((1.0 - a_s) / (1.0 - a_t)),
-                       uniform=0.0, x=masked * ((a_s - a_t) / (1.0 - a_t)))
-
-    def corrector(self, z: Tensor, xz: Tensor | None, a_s: float, a_t: float, vocab: int) -> Mixture:
-        masked = (z == self.mask_id).double()
-        return Mixture(keep=a_s * (1.0 - masked), mask=1.0 - a_s, uniform=0.0, x=a_s * masked)
-
-    def dense_posterior(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        return absorbing.posterior(x_probs.double(), z, _f64(a_s), _f64(a_t), self.mask_id,
-                                   validate=False)
-
-    def dense_corrector(self, x_probs: Tensor, z: Tensor, a_s: float, a_t: float) -> Tensor:
-        onehot = F.one_hot(z, x_probs.shape[-1]).double()
-        x0 = torch.where((z == self.mask_id)[..., None], x_probs.double(), onehot)
-        out = a_s * x0
-        out[..., self.mask_id] += 1.0 - a_s
-        return out
-
-    def greedy(self, log_probs: Tensor, z: Tensor) -> Tensor:
-        return torch.where(z == self.mask_id, log_probs.argmax(-1), z)
-
-
-Process = UniformProcess | AbsorbingProcess
-
-PROCESSES: dict[str, Callable[..., Process]] = {
-    "uniform": UniformProcess,
-    "absorbing": AbsorbingProcess,
-    "masked": AbsorbingProcess,
-}
-
-
-def get_process(name: str, mask_id: int | None = None) -> Process:
-    if name not in PROCESSES:
-        raise ValueError(f"unknown process {name!r}; valid processes: {', '.join(PROCESSES)}")
-    return PROCESSES[name](mask_id)

@@ -28,7 +28,7 @@ from torch import Tensor
 from .ancestral import check_common, reverse_step
 from .base import Denoiser, StepOutput
 from .grid import PHASES, StepTime, TimeGrid, time_grid
-from .mixture import Process, get_process
+from .steps import Process, get_process
 from .workspace import Workspace
 
 

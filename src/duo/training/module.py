@@ -17,7 +17,7 @@ import torch
 
 from ..experiment import TrainConfig
 from ..methods import get_method_spec, model_overrides
-from ..models import build_model
+from ..models import build_model, compile_backbone
 from ..schedules import antithetic_times
 from .ema import EMA
 
@@ -57,6 +57,8 @@ class DiffusionLM(pl.LightningModule):
         if init_weights is not None:
             self.backbone.load_state_dict(init_weights)
         self.ema = EMA(self.backbone, cfg.trainer.ema) if cfg.trainer.ema > 0 else None
+        if cfg.trainer.compile:
+            compile_backbone(self.backbone)
         self._val_sum = self._val_count = None
         self._last_time: float | None = None
         self.history: list[dict[str, Any]] = []

@@ -1,0 +1,197 @@
+"""Sampling: Gen PPL and entropy against steps, sampling speed, and per-step overhead.
+
+    python benchmarks/sampling.py                                   # trains a tiny Duo + AR judge first
+    python benchmarks/sampling.py --duo runs/duo-x --judge runs/ar-y --num-samples 64
+    python benchmarks/sampling.py --device cuda --steps 8 16 32 64 128 256 1024
+
+1. Quality: for ancestral, greedy_tail and psi, generate ``--num-samples`` sequences at
+   each step count and score them with the judge (an AR checkpoint trained by duo on the
+   same corpus and tokenizer): Gen PPL and mean unigram entropy (MATH.md section 9),
+   plus tokens/s. Writes ``gen_ppl_vs_steps.png`` and a markdown table.
+2. Overhead: the share of a sampling step spent outside the network (posterior,
+   filtering, categorical draw) at a GPT-2-sized vocabulary, K = 50,257, with the tiny
+   architecture and random weights (timing does not depend on training). The denoiser
+   is wrapped with a timer; share = 1 - denoiser time / whole-loop time. Target < 25%.
+
+Without ``--duo`` / ``--judge`` the script trains both on the built-in corpus for
+``--train-steps`` steps into ``--work-dir`` (reused when already there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from duo.checkpoints import load_checkpoint
+from duo.evaluation import generate_batched, generative_perplexity, load_judge, unigram_entropy
+from duo.experiment import build_config
+from duo.samplers import generate, get_sampler
+
+SAMPLERS = ("ancestral", "greedy_tail", "psi")
+
+
+def train_tiny(algo: str, work_dir: Path, steps: int, device: str) -> Path:
+    from duo.training import train
+
+    run_dir = work_dir / algo
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return run_dir
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    cfg = build_config([
+        f"algo={algo}", "model=tiny", "data=builtin", "data.show_progress=false", f"run_dir={run_dir}",
+        f"trainer.max_steps={steps}", "trainer.batch_size=32", "trainer.warmup_steps=50",
+        f"trainer.val_every={steps}", "trainer.val_batches=4", f"trainer.ckpt_every={steps}",
+        "trainer.progress_bar=false", "trainer.loggers=[csv]", "sample.num_samples=0",
+        f"trainer.accelerator={accelerator}", "trainer.devices=1",
+    ])
+    result = train(cfg)
+    print(f"trained {algo}: {result.checkpoint} (validation ppl {result.val_ppl})")
+    return run_dir
+
+
+def quality_sweep(loaded, judge, steps_list, num_samples: int, batch_size: int, device) -> list[dict]:
+    rows = []
+    for sampler in SAMPLERS:
+        for steps in steps_list:
+            gen = generate_batched(loaded, num_samples=num_samples, batch_size=batch_size, seed=0,
+                                   seq_len=loaded.cfg.data.seq_len, sampler=sampler, steps=steps, device=device)
+            scored = generative_perplexity(gen.texts, judge, batch_size=batch_size)
+            rows.append({"sampler": sampler, "steps": steps, "gen_ppl": scored.gen_ppl,
+                         "entropy": unigram_entropy(gen.tokens), "nfe": gen.nfe,
+                         "tokens_per_second": gen.tokens_per_second})
+            print(f"{sampler:12s} {steps:5d} steps: gen ppl {scored.gen_ppl:9.2f}  entropy "
+                  f"{rows[-1]['entropy']:.3f}  {gen.tokens_per_second:8.1f} tok/s", flush=True)
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torch.device) -> list[dict]:
+    """Time the network against the whole sampling loop for each sampler."""
+    from duo.training.module import build_method
+
+    cfg = build_config(["algo=duo", "model=tiny", f"model.max_seq_len={seq_len}"])
+    backbone, method = build_method(cfg, vocab)
+    with torch.no_grad():
+        # The output layer starts at zero (uniform predictions, the filters' worst case);
+        # random weights give peaked, text-like distributions instead.
+        torch.manual_seed(0)
+        backbone.output_layer.linear.weight.normal_(0.0, 0.3)
+    backbone.to(device).eval()
+    spent = [0.0]
+
+    def timed(z, alpha):
+        _sync(device)
+        start = time.perf_counter()
+        out = method.denoiser(z, alpha)
+        _sync(device)
+        spent[0] += time.perf_counter() - start
+        return out
+
+    rows = []
+    for name in SAMPLERS:
+        sampler = get_sampler(name)
+
+        def run(n: int) -> float:
+            spent[0] = 0.0
+            _sync(device)
+            start = time.perf_counter()
+            generate(sampler, timed, method.schedule, batch_size=batch, seq_len=seq_len, vocab_size=vocab,
+                     steps=n, seed=0, device=device)
+            _sync(device)
+            return time.perf_counter() - start
+
+        run(2)  # warm-up: allocator, kernels
+        total = run(steps)
+        share = 1.0 - spent[0] / total
+        rows.append({"sampler": name, "step_ms": 1e3 * total / steps, "network_ms": 1e3 * spent[0] / steps,
+                     "outside_share": share})
+        print(f"{name:12s} step {rows[-1]['step_ms']:8.1f} ms, network {rows[-1]['network_ms']:8.1f} ms, "
+              f"outside the network {share:.1%}", flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for sampler in SAMPLERS:
+        mine = [r for r in rows if r["sampler"] == sampler]
+        ax1.plot([r["steps"] for r in mine], [r["gen_ppl"] for r in mine], marker="o", label=sampler)
+        ax2.plot([r["steps"] for r in mine], [r["entropy"] for r in mine], marker="o", label=sampler)
+    for ax, label in ((ax1, "Gen PPL (judge)"), (ax2, "unigram entropy (nats)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax1.set_yscale("log")
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(quality: list[dict], overhead: list[dict], settings: dict) -> str:
+    lines = [f"Settings: {json.dumps(settings)}", "",
+             "| sampler | steps | Gen PPL | entropy | tokens/s |", "|---|---|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['steps']} | {r['gen_ppl']:.2f} | {r['entropy']:.3f} | "
+              f"{r['tokens_per_second']:.1f} |" for r in quality]
+    lines += ["", f"Per-step overhead at K = {settings['overhead_vocab']}, L = {settings['overhead_seq_len']}, "
+              f"B = {settings['overhead_batch']}, tiny DiT, {settings['device']}:", "",
+              "| sampler | step (ms) | network (ms) | outside the network |", "|---|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['step_ms']:.1f} | {r['network_ms']:.1f} | {r['outside_share']:.1%} |"
+              for r in overhead]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duo", help="Duo run directory or .ckpt (default: train one)")
+    p.add_argument("--judge", help="AR run directory / .ckpt or Hugging Face causal LM (default: train one)")
+    p.add_argument("--work-dir", default="runs/bench-sampling", help="where trained models and results go")
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overhead-vocab", type=int, default=50257)
+    p.add_argument("--overhead-seq-len", type=int, default=128)
+    p.add_argument("--overhead-batch", type=int, default=8)
+    p.add_argument("--overhead-steps", type=int, default=8)
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    quality: list[dict] = []
+    if not args.skip_quality:
+        duo_path = args.duo or train_tiny("duo", work, args.train_steps, args.device)
+        judge_path = args.judge or train_tiny("ar", work, args.train_steps, args.device)
+        loaded = load_checkpoint(duo_path, device=device)
+        judge = load_judge(str(judge_path), device)
+        quality = quality_sweep(loaded, judge, args.steps, args.num_samples, args.batch_size, device)
+        plot(quality, work / "gen_ppl_vs_steps.png")
+    overhead = step_overhead(args.overhead_vocab, args.overhead_seq_len, args.overhead_batch,
+                             args.overhead_steps, device)
+    settings = {k: v for k, v in vars(args).items()}
+    table = markdown(quality, overhead, settings)
+    (work / "sampling.md").write_text(table)
+    (work / "sampling.json").write_text(json.dumps({"settings": settings, "quality": quality,
+                                                    "overhead": overhead}, indent=2))
+    print(table)
+    print(f"results in {work}")
+
+
+if __name__ == "__main__":
+    main()
