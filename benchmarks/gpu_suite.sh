@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One consolidated run on a lent GPU (the device tool): throughput/MFU, curriculum
+# memory, the curriculum benchmark and the distillation benchmark. Results go to $OUT.
+#   bash benchmarks/gpu_suite.sh            (OUT defaults to ./gpu-out)
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DUO_CACHE=/tmp/duo-cache TOKENIZERS_PARALLELISM=false
+LOG="$OUT/log.txt"
+W=/tmp/duo-bench
+section() { echo "=== $1 ($(date +%T))" | tee -a "$LOG"; }
+section "device"; nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
+python -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" 2>&1 | tee -a "$LOG"
+
+section "A: training throughput, small, L=1024"
+{
+  timeout 70 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --loss-chunk-elements 134217728
+  timeout 50 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --loss-chunk-elements 16777216
+  timeout 120 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --warmup 3 --compile --loss-chunk-elements 134217728
+} 2>&1 | grep -v Warning | tee -a "$LOG" | grep -E "^\||device" > "$OUT/gpu_perf.md"
+
+section "B: curriculum memory at K=50257"
+timeout 60 python benchmarks/curriculum_memory.py --with-model --batch 16 --length 1024 --repeats 1 2>&1 | tee -a "$LOG" | grep -E "^\||K=" >> "$OUT/gpu_perf.md"
+
+section "C: curriculum benchmark"
+timeout ${C_TIMEOUT:-230} python benchmarks/curriculum.py --steps ${C_STEPS:-1200} --batch 32 --val-every 100 --val-batches 8 --out $W/curriculum >> "$LOG" 2>&1
+cp $W/curriculum/curriculum.md $W/curriculum/curriculum.json $W/curriculum/curriculum.png "$OUT"/ 2>/dev/null
+
+section "D: distillation benchmark"
+TEACHER=$W/curriculum/topk-seed0
+[ -f $TEACHER/checkpoints/last.ckpt ] && T="--teacher $TEACHER" || T=""
+timeout ${D_TIMEOUT:-200} python benchmarks/distillation.py $T --teacher-steps ${C_STEPS:-1200} --rounds 5 --steps-per-round ${D_SPR:-150} --num-samples 32 --out $W/distillation >> "$LOG" 2>&1
+cp $W/distillation/distillation.md $W/distillation/distillation.json $W/distillation/distillation.png "$OUT"/ 2>/dev/null
+section "done"
