@@ -347,6 +347,23 @@ def test_fast_thresholds_agree_with_the_dense_filters(vocab, scale, top_p, top_k
     assert torch.allclose(fast, dense, atol=1e-12, rtol=0)
 
 
+def test_draws_from_a_broad_nucleus_follow_the_filtered_distribution():
+    """A row whose nucleus exceeds the top-k window goes through the histogram and the
+    full-row draw; the last step (alpha_s = 1, alpha_t ~ 0) draws almost only from x."""
+    vocab, n = 200, 60000
+    lp = (0.3 * torch.randn(vocab, generator=torch.Generator().manual_seed(3),
+                            dtype=torch.float64)).log_softmax(-1)
+    sampler = AncestralSampler(top_p=0.9)
+    z = torch.zeros(n, 1, dtype=torch.long)
+    time = StepTime(1.0, 1e-5, 1e-9, 1.0, "low", True)
+    out = sampler.step(lambda z, a: lp.expand(n, 1, vocab), z, time,
+                       generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out.z.flatten(), minlength=vocab).double() / n
+    want = step_probs(get_process("uniform"), lp[None, None], z[:1], 1.0, 1e-9, top_p=0.9)[0, 0]
+    assert 100 < int((want > 0).sum()) < vocab  # wider than the 64-token window
+    assert chi_square(freq, want, n) < 300.0  # df ~ 180: mean 180, sd 19
+
+
 # ---------------------------------------------------------------------------- caching
 
 
@@ -422,6 +439,6 @@ def test_prefix_longer_than_the_sequence():
 
 
 def test_denoiser_with_the_wrong_vocabulary():
-    with pytest.raises(ValueError, match="vocab_size=20"):
+    with pytest.raises(ValueError, match="returned 12 classes but vocab_size=6"):
         generate(get_sampler("ancestral"), make_denoiser(), SCHEDULE, batch_size=1,
-                 seq_len=4, vocab_size=20, steps=2)
+                 seq_len=4, vocab_size=6, steps=2)

@@ -8,7 +8,10 @@ from torch import Tensor
 
 def as_alpha(alpha: Tensor | float, like: Tensor, name: str) -> Tensor:
     """Broadcastable alpha of shape ``(B, 1)``, ``(B, L)`` or scalar, on ``like``'s device."""
-    alpha = torch.as_tensor(alpha, device=like.device)
+    # Python floats stay float64: callers cast to their working dtype, so a float64
+    # posterior is not silently limited to float32 precision.
+    alpha = torch.as_tensor(alpha, dtype=torch.float64 if isinstance(alpha, float) else None,
+                            device=like.device)
     if alpha.dim() > 2:
         raise ValueError(f"{name} has shape {tuple(alpha.shape)}; expected a scalar, (B, 1) or (B, L)")
     try:

@@ -67,8 +67,9 @@ def predict(denoiser: Denoiser, z: Tensor, alpha_t: float,
         return prediction, 0
     alpha = torch.full((z.shape[0],), alpha_t, dtype=torch.float32, device=z.device)
     log_probs = denoiser(z, alpha)
-    if not isinstance(log_probs, Tensor) or log_probs.dim() != 3 or log_probs.shape[:2] != z.shape:
-        shape = tuple(log_probs.shape) if isinstance(log_probs, Tensor) else type(log_probs).__name__
+    is_tensor = isinstance(log_probs, Tensor)
+    if not is_tensor or log_probs.dim() != 3 or log_probs.shape[:2] != z.shape:
+        shape = tuple(log_probs.shape) if is_tensor else type(log_probs).__name__
         raise ValueError(f"denoiser returned {shape} for z of shape {tuple(z.shape)}; it must "
                          "return log-probabilities of shape (B, L, K)")
     return log_probs, 1

@@ -53,7 +53,8 @@ KAPPA_RULES: dict[str, Callable[[float, float, float], float]] = {
 
 @dataclass(frozen=True)
 class KappaRule:
-    """How kappa is chosen at a step: ``mode`` in :data:`KAPPA_RULES`, ``value`` its kappa or eta."""
+    """How kappa is chosen at a step: ``mode`` (a key of :data:`KAPPA_RULES`) and
+    ``value``, the kappa itself for mode "kappa", else eta."""
 
     mode: str = "remdm-rescale"
     value: float = 0.05
