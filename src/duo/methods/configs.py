@@ -30,7 +30,8 @@ class DuoConfig:
 
     schedule: str = "loglinear"
     eps: float = 1e-3
-    curriculum: Literal["none", "full", "topk"] = "none"
+    # The top-k relaxation is the default: the paper's curriculum at a fraction of the memory.
+    curriculum: Literal["none", "full", "topk"] = "topk"
     curriculum_k: int = 2
     curriculum_steps: int | None = None
     curriculum_fraction: float | None = None

@@ -32,7 +32,8 @@ class DistillMethod(DuoMethod):
 
     def __init__(self, cfg: DistillConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
         self.dcfg = cfg.validate()
-        super().__init__(DuoConfig(schedule=cfg.schedule, eps=cfg.eps), backbone, vocab_size, max_steps)
+        super().__init__(DuoConfig(schedule=cfg.schedule, eps=cfg.eps, curriculum="none"), backbone, vocab_size,
+                         max_steps)
         self.path = DualitySchedule(vocab_size, cfg.gamma_min, cfg.gamma_max)
         self.teacher: nn.Module | None = None
 
