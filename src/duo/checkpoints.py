@@ -81,10 +81,11 @@ def _check_vocab(tokenizer, expected: int, where: str) -> None:
 
 
 def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None, path: Path,
-                 metadata: dict | None = None, use_ema: bool = True) -> LoadedModel:
+                 metadata: dict | None = None, use_ema: bool = True,
+                 model_vocab_size: int | None = None) -> LoadedModel:
     from .training.module import build_method
 
-    backbone, method = build_method(cfg, tokenizer.vocab_size)
+    backbone, method = build_method(cfg, tokenizer.vocab_size, model_vocab_size=model_vocab_size)
     weights = strip_prefix(state_dict, "backbone.")
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -184,6 +185,14 @@ def load_published(path: str | Path, *, algo: str = "duo", model: str = "small",
         state = ckpt.get("state_dict", ckpt)
         ema = ckpt.get("ema") if isinstance(ckpt, dict) else None
     tok = tokenizer or get_tokenizer("gpt2")
-    # Published models embed the tokenizer's ids (MDLM: plus the mask); take K from the weights.
+    # Published Duo and MDLM models embed GPT-2's 50,257 ids plus one (the mask, unused by
+    # Duo): take K from the weights and check that the tokenizer fits inside it.
+    key = next((k for k in state if k.endswith("vocab_embed.embedding")), None)
+    if key is None:
+        raise ValueError(f"{str(p)!r} has no vocab_embed.embedding: not a Duo/MDLM DiT checkpoint")
+    vocab = int(state[key].shape[0])
+    if tok.vocab_size > vocab:
+        raise ValueError(f"tokenizer has {tok.vocab_size} ids but {str(p)!r} embeds only {vocab}; "
+                         "pass the tokenizer the model was trained with")
     cfg = build_config([f"algo={algo}", f"model={model}", f"data.seq_len={seq_len}", *(overrides or [])])
-    return build_loaded(cfg, tok, state, ema, p, {"published": True}, use_ema)
+    return build_loaded(cfg, tok, state, ema, p, {"published": True}, use_ema, model_vocab_size=vocab)

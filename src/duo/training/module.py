@@ -31,10 +31,12 @@ def step_seed(seed: int, step: int, rank: int, micro: int, stream: int = 0) -> i
     return (x * 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
-def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | None = None):
-    """The backbone and method a config describes, for a tokenizer of the given size."""
+def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | None = None,
+                 model_vocab_size: int | None = None):
+    """The backbone and method a config describes, for a tokenizer of the given size
+    (``model_vocab_size`` overrides the embedding size, e.g. for published weights)."""
     spec = get_method_spec(cfg.algo)
-    vocab = spec.method_cls.model_vocab_size(tokenizer_vocab_size)
+    vocab = model_vocab_size or spec.method_cls.model_vocab_size(tokenizer_vocab_size)
     model_cfg = dataclasses.replace(
         cfg.model, vocab_size=vocab, **model_overrides(cfg.algo, cfg.algo_cfg)
     ).validate()
