@@ -34,7 +34,7 @@ from duo.samplers import generate, get_sampler
 SAMPLERS = ("ancestral", "greedy_tail", "psi")
 
 
-def train_tiny(algo: str, work_dir: Path, steps: int, device: str) -> Path:
+def train_tiny(algo: str, work_dir: Path, steps: int, device: str, overrides: list[str]) -> Path:
     from duo.training import train
 
     run_dir = work_dir / algo
@@ -43,10 +43,10 @@ def train_tiny(algo: str, work_dir: Path, steps: int, device: str) -> Path:
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     cfg = build_config([
         f"algo={algo}", "model=tiny", "data=builtin", "data.show_progress=false", f"run_dir={run_dir}",
-        f"trainer.max_steps={steps}", "trainer.batch_size=32", "trainer.warmup_steps=50",
+        f"trainer.max_steps={steps}", "trainer.batch_size=16", "trainer.warmup_steps=20",
         f"trainer.val_every={steps}", "trainer.val_batches=4", f"trainer.ckpt_every={steps}",
         "trainer.progress_bar=false", "trainer.loggers=[csv]", "sample.num_samples=0",
-        f"trainer.accelerator={accelerator}", "trainer.devices=1",
+        f"trainer.accelerator={accelerator}", "trainer.devices=1", *overrides,
     ])
     result = train(cfg)
     print(f"trained {algo}: {result.checkpoint} (validation ppl {result.val_ppl})")
@@ -159,14 +159,16 @@ def main() -> None:
     p.add_argument("--duo", help="Duo run directory or .ckpt (default: train one)")
     p.add_argument("--judge", help="AR run directory / .ckpt or Hugging Face causal LM (default: train one)")
     p.add_argument("--work-dir", default="runs/bench-sampling", help="where trained models and results go")
-    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--train-steps", type=int, default=150, help="CPU: about 1 s each")
+    p.add_argument("--train-override", action="append", default=[],
+                   help="extra key=value for both trainings, e.g. trainer.lr=3e-3 (repeatable)")
     p.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overhead-vocab", type=int, default=50257)
     p.add_argument("--overhead-seq-len", type=int, default=128)
     p.add_argument("--overhead-batch", type=int, default=8)
-    p.add_argument("--overhead-steps", type=int, default=8)
+    p.add_argument("--overhead-steps", type=int, default=4)
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
@@ -176,8 +178,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     quality: list[dict] = []
     if not args.skip_quality:
-        duo_path = args.duo or train_tiny("duo", work, args.train_steps, args.device)
-        judge_path = args.judge or train_tiny("ar", work, args.train_steps, args.device)
+        duo_path = args.duo or train_tiny("duo", work, args.train_steps, args.device, args.train_override)
+        judge_path = args.judge or train_tiny("ar", work, args.train_steps, args.device, args.train_override)
         loaded = load_checkpoint(duo_path, device=device)
         judge = load_judge(str(judge_path), device)
         quality = quality_sweep(loaded, judge, args.steps, args.num_samples, args.batch_size, device)

@@ -63,7 +63,6 @@ class DiffusionLM(pl.LightningModule):
             compile_backbone(self.backbone)
         self._val_sum = self._val_count = None
         self._last_time: float | None = None
-        self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------- helpers
     @property
