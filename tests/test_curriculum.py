@@ -104,3 +104,16 @@ def test_resume_across_the_phase_boundary_is_exact(curriculum, tiny_corpus, duo_
     for step in range(5, 10):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
     assert all(math.isfinite(v) for v in full.values())
+
+
+def test_polynomial_alpha_fit_changes_the_loss_only_slightly():
+    x = torch.randint(0, 200, (4, 32), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    losses = []
+    for extra in ([], ["algo.poly_fit_degree=9"]):
+        cfg = build_config(["algo=duo", *TINY_MODEL, "algo.curriculum=topk", "algo.curriculum_steps=10", *extra])
+        torch.manual_seed(0)
+        _, method = build_method(cfg, 200)
+        losses.append(method.training_loss({"input_ids": x}, t, step=0,
+                                           generator=torch.Generator().manual_seed(1)).loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)

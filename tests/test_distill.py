@@ -96,6 +96,7 @@ def test_teacher_changes_only_at_round_boundaries(teacher_run, tmp_path, monkeyp
     changes = [s for a, s in zip(steps, steps[1:]) if probe.seen[a] != probe.seen[s]]
     assert changes == [4, 8]
     assert made[0].refreshes == [4, 8]
+    assert (result.run_dir / "plots" / "distill_loss.png").is_file()
     loaded = load_checkpoint(result.run_dir)
     assert loaded.cfg.algo == "distill"
     assert loaded.metadata["sampler"] == "greedy_tail" and loaded.metadata["steps"] == 8

@@ -158,3 +158,16 @@ def test_duality_schedule_protocol():
     assert float(s.t_from_alpha(a[1:2])) == pytest.approx(0.3, abs=1e-9)
     with pytest.raises(ValueError, match="gamma range"):
         DualitySchedule(10, 1.0, -1.0)
+
+
+def test_polynomial_fit_of_alpha():
+    from duo.duality import DualitySchedule, PolynomialSchedule
+
+    sched = DualitySchedule.from_alpha_interval(50257)
+    fit = PolynomialSchedule.fit(sched, degree=9)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert (fit.alpha(t) - sched.alpha(t)).abs().max() < 1e-4
+    assert (fit.dalpha(t[5:-5]) - sched.dalpha(t[5:-5])).abs().max() < 5e-3
+    h = 1e-6
+    fd = (fit.alpha(t[1:-1] + h) - fit.alpha(t[1:-1] - h)) / (2 * h)
+    assert torch.allclose(fit.dalpha(t[1:-1]), fd, atol=1e-6)

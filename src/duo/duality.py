@@ -294,3 +294,39 @@ class DualitySchedule:
             f"DualitySchedule(vocab_size={self.vocab_size}, gamma_min={self.gamma_min:.4f}, "
             f"gamma_max={self.gamma_max:.4f})"
         )
+
+
+class PolynomialSchedule:
+    """A polynomial fit of ``alpha(t)`` (and its exact derivative) on [0, 1].
+
+    Chapter II of the paper replaces T by a degree-9 fit over the curriculum range; with
+    the fast exact T this is an option, not a necessity. Coefficients are fitted in
+    float64 by least squares on Chebyshev nodes.
+    """
+
+    def __init__(self, coefficients: Tensor) -> None:
+        self.coefficients = coefficients.double()  # (degree + 1,), lowest order first
+
+    @classmethod
+    def fit(cls, schedule, degree: int = 9, nodes: int = 512) -> "PolynomialSchedule":
+        k = torch.arange(nodes, dtype=torch.float64)
+        t = 0.5 - 0.5 * torch.cos(math.pi * (k + 0.5) / nodes)
+        alpha = schedule.alpha(t).double()
+        vander = torch.stack([t**p for p in range(degree + 1)], dim=1)
+        coef = torch.linalg.lstsq(vander, alpha[:, None]).solution[:, 0]
+        return cls(coef)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        t64 = t.double()
+        out = torch.zeros_like(t64)
+        for c in self.coefficients.flip(0):
+            out = out * t64 + c
+        return out.to(t.dtype)
+
+    def dalpha(self, t: Tensor) -> Tensor:
+        t64 = t.double()
+        out = torch.zeros_like(t64)
+        n = len(self.coefficients) - 1
+        for p, c in zip(range(n, 0, -1), self.coefficients.flip(0)[:-1]):
+            out = out * t64 + p * c
+        return out.to(t.dtype)

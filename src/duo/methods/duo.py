@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import relaxation
-from ..duality import DualitySchedule, diffusion_transform
+from ..duality import DualitySchedule, PolynomialSchedule, diffusion_transform
 from ..losses import usdm_nelbo
 from ..processes import uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
@@ -51,6 +51,7 @@ class DuoMethod:
         self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
         self.curriculum_steps = curriculum_length(cfg, max_steps)
         self._gaussian: DualitySchedule | None = None
+        self._fit: PolynomialSchedule | None = None
 
     @staticmethod
     def model_vocab_size(tokenizer_vocab_size: int) -> int:
@@ -68,6 +69,15 @@ class DuoMethod:
                     self.vocab_size, c.alpha_min, c.alpha_max
                 )
         return self._gaussian
+
+    @property
+    def alpha_fit(self) -> "PolynomialSchedule | None":
+        """Optional polynomial fit of alpha(t) over the curriculum range (Chapter II)."""
+        if self.cfg.poly_fit_degree is None:
+            return None
+        if self._fit is None:
+            self._fit = PolynomialSchedule.fit(self.gaussian_schedule, self.cfg.poly_fit_degree)
+        return self._fit
 
     def phase(self, step: int) -> str:
         return "curriculum" if step < self.curriculum_steps else "discrete"
@@ -103,10 +113,14 @@ class DuoMethod:
         """NELBO at ``z_t = argmax w_t`` with the relaxed input, ``alpha = T(gamma)``."""
         x = batch["input_ids"]
         sched = self.gaussian_schedule
-        gamma = sched.gamma(t.double())
-        alpha64, dalpha_dgamma = diffusion_transform(gamma, sched.vocab_size)
-        alpha = alpha64.float()[:, None]
-        dalpha = (dalpha_dgamma * (sched.gamma_max - sched.gamma_min)).float()[:, None]
+        t64 = t.double()
+        gamma = sched.gamma(t64)
+        if self.alpha_fit is not None:
+            alpha64, dalpha64 = self.alpha_fit.alpha(t64), self.alpha_fit.dalpha(t64)
+        else:
+            alpha64, dalpha_dgamma = diffusion_transform(gamma, sched.vocab_size)
+            dalpha64 = dalpha_dgamma * (sched.gamma_max - sched.gamma_min)
+        alpha, dalpha = alpha64.float()[:, None], dalpha64.float()[:, None]
         tau = tau_at(step, self.cfg)
         g = gamma.float()[:, None]
         if self.cfg.curriculum == "topk":

@@ -60,6 +60,8 @@ class MetricsHistory(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             plot_history(self.train, self.val, self.run_dir / "plots" / "training.png")
+            if any("round" in r for r in self.train):
+                plot_rounds(self.train, self.run_dir / "plots" / "distill_loss.png")
 
 
 def read_history(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -92,6 +94,31 @@ def plot_history(train: list[dict], val: list[dict], path: Path) -> None:
     axes[1].set(xlabel="step", ylabel="validation perplexity (upper bound)", title="validation", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_rounds(train: list[dict], path: Path) -> None:
+    """Distillation loss against steps, one colour per round (with its delta)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    rounds = sorted({int(r["round"]) for r in train if "round" in r})
+    for n in rounds:
+        sel = [r for r in train if int(r.get("round", -1)) == n and "loss" in r]
+        ax.plot([r["step"] for r in sel], [r["loss"] for r in sel], lw=1,
+                label=f"round {n}, delta = {sel[0].get('delta', float('nan')):.4g}")
+    ax.set(xlabel="step", ylabel="distillation KL per token", yscale="log", title="distillation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

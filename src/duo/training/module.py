@@ -95,7 +95,8 @@ class DiffusionLM(pl.LightningModule):
         t = self._times(x.shape[0], step, micro)
         out = self.method.training_loss(batch, t, step=step, generator=gen)
         self.log("train/loss", out.loss.detach(), prog_bar=True)
-        self.log("train/phase_curriculum", float(self.method.phase(step) == "curriculum"))
+        self.log("train/phase_curriculum", float(self.method.phase(step) == "curriculum"),
+                 prog_bar=self.method.phase(0) == "curriculum")
         for k, v in out.metrics.items():
             self.log(f"train/{k}", v, prog_bar=k in ("tau", "round", "delta"))
         now = time.perf_counter()
