@@ -24,7 +24,7 @@ from .models import MODEL_PRESETS, ModelConfig
 class TrainerConfig:
     """Optimisation, precision, parallelism, logging and checkpointing."""
 
-    max_steps: int = 600
+    max_steps: int = 500
     batch_size: int = 32  # global: sequences per optimiser step over all devices
     micro_batch_size: int | None = None  # per device; None = as large as batch_size allows
     lr: float = 1e-3
@@ -36,9 +36,9 @@ class TrainerConfig:
     beta2: float = 0.999
     grad_clip: float = 1.0
     ema: float = 0.999  # 0 disables; the papers use 0.9999 over 1M steps
-    val_every: int = 200
+    val_every: int = 250
     val_batches: int = 8
-    ckpt_every: int = 200
+    ckpt_every: int = 250
     log_every: int = 10
     precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true on CPU
     accelerator: str = "auto"
