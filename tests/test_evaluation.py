@@ -203,14 +203,32 @@ def test_duo_bound_terms_with_uniform_denoiser(loaded_runs):
     K = duo.method.vocab_size
     res = corpus_perplexity(duo, batch_size=4, max_batches=2)
     assert res.bound and res.display.startswith("<= ")
-    # -log x_theta(x | z) of the uniform prediction is log K exactly.
-    assert res.terms["reconstruction"] == pytest.approx(math.log(K), rel=1e-6)
     prior = float(uniform.prior_kl(duo.method.schedule.alpha(torch.tensor(1.0)), K))
     assert res.terms["prior"] == pytest.approx(prior, rel=1e-6)
     assert res.terms["diffusion"] >= 0
     assert res.nelbo == pytest.approx(sum(res.terms.values()), rel=1e-9)
-    # The uniform model's true perplexity is K, and the bound is above it.
-    assert res.ppl >= K
+    # With a uniform x_theta the decoder is q_t0(z | x): one of two values per token.
+    a = float(duo.method.schedule.alpha(torch.tensor(duo.method.cfg.eps)))
+    assert -math.log(a + (1 - a) / K) - 1e-9 <= res.terms["reconstruction"] <= -math.log((1 - a) / K)
+
+
+def test_decoder_is_the_last_reverse_step():
+    from duo.evaluation.perplexity import uniform_decoder_nll
+
+    torch.manual_seed(0)
+    B, L, K = 2, 5, 7
+    log_x = torch.randn(B, L, K).log_softmax(-1).double()
+    z, x = torch.randint(0, K, (B, L)), torch.randint(0, K, (B, L))
+    x[:, :2] = z[:, :2]  # some tokens uncorrupted
+    alpha = torch.tensor([0.999, 0.6], dtype=torch.float64)
+    dense = uniform.posterior(log_x.exp(), z, 1.0, alpha[:, None])
+    expected = -dense.gather(-1, x[..., None]).squeeze(-1).log()
+    assert torch.allclose(uniform_decoder_nll(log_x, z, x, alpha), expected, atol=1e-12)
+    # A uniform x_theta decodes with q_t(z | x) itself.
+    flat = torch.full((B, L, K), -math.log(K), dtype=torch.float64)
+    a = alpha[:, None]
+    q = torch.where(x == z, a + (1 - a) / K, (1 - a) / K)
+    assert torch.allclose(uniform_decoder_nll(flat, z, x, alpha), -q.log(), atol=1e-12)
 
 
 def test_perplexity_is_deterministic_for_a_seed(loaded_runs):

@@ -8,7 +8,13 @@ reported separately:
 - ``prior``: ``KL(q_1(. | x) || prior)`` (Duo: against the uniform prior; MDLM follows
   its paper and omits it, since ``alpha_1 > 0`` makes it infinite against the all-mask
   prior);
-- ``reconstruction``: ``-log x_theta(x | z_{t0})`` at ``t0 = eps``.
+- ``reconstruction``: ``-log p_theta(x | z_{t0})`` at ``t0 = eps``, where the decoder is
+  the model's own last reverse step (the posterior towards ``alpha_s = 1``, MATH.md 1):
+  for Duo ``p(x | z) = x_theta[x] (K a 1[x = z] + 1 - a) / (K a x_theta[z] + 1 - a)``;
+  for MDLM the SUBS ``x_theta`` already is that step. Not ``x_theta`` itself: in the mean
+  parameterisation the posterior formula adds the evidence of ``z`` on top of
+  ``x_theta``, so a trained Duo denoiser does not copy ``z`` and ``-log x_theta[x]``
+  would be a loose decoder (several nats for a young model).
 
 The autoregressive model gives its exact next-token NLL (not a bound).
 """
@@ -75,16 +81,37 @@ def _noised(method, x: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
     return uniform.sample_zt(x, alpha, method.vocab_size, generator=gen)
 
 
+def uniform_decoder_nll(log_x_theta: Tensor, z: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
+    """``-log q(z_0 = x | z_t = z, x_theta)`` for the uniform process: the last reverse step.
+
+    log_x_theta (B, L, K), z and x (B, L) ids, alpha (B,) -> (B, L) in float64 (alpha is
+    within 1e-3 of one, where float32 cannot resolve ``1 - alpha``).
+    """
+    K = log_x_theta.shape[-1]
+    a = alpha.double()[:, None]
+    log_at_x = log_x_theta.gather(-1, x[..., None]).squeeze(-1).double()
+    log_at_z = log_x_theta.gather(-1, z[..., None]).squeeze(-1).double()
+    weight = torch.where(x == z, K * a + 1 - a, 1 - a)
+    return -(log_at_x + torch.log(weight) - torch.log(K * a * log_at_z.exp() + 1 - a))
+
+
+def _decoder_nll(method, z0: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
+    log_probs = method.denoiser(z0, alpha).float()
+    if method.process == "uniform":
+        return uniform_decoder_nll(log_probs, z0, x, alpha)
+    return reconstruction_nll(log_probs, x).double()  # SUBS: copies unmasked tokens
+
+
 def _reconstruction(method, batch: dict[str, Tensor], gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Summed ``-log x_theta(x | z_t0)`` at ``t0 = eps`` and the token count."""
+    """Summed ``-log p_theta(x | z_t0)`` at ``t0 = eps`` and the token count."""
     x = batch["input_ids"]
     t0 = torch.full((x.shape[0],), float(method.cfg.eps), device=x.device)
     alpha = method.schedule.alpha(t0)
     z0 = _noised(method, x, alpha[:, None], gen)
     # Rows in chunks: (B, L, K) log-probs at K = 50,257 would take gigabytes.
     rows = max(1, _MAX_ELEMENTS // (x.shape[1] * method.vocab_size))
-    per_token = torch.cat([reconstruction_nll(method.denoiser(z0[i:i + rows], alpha[i:i + rows]).float(),
-                                              x[i:i + rows]) for i in range(0, x.shape[0], rows)])
+    per_token = torch.cat([_decoder_nll(method, z0[i:i + rows], x[i:i + rows], alpha[i:i + rows])
+                           for i in range(0, x.shape[0], rows)])
     mask = batch.get("attention_mask")
     mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
     return per_token.masked_fill(~mask, 0.0).sum().double(), mask.sum().double()
