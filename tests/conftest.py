@@ -2,6 +2,11 @@ import os
 import random
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run: CI never fails on a new random draw.
+settings.register_profile("duo", derandomize=True, deadline=None)
+settings.load_profile("duo")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
