@@ -76,16 +76,29 @@ def read_history(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def plot_history(train: list[dict], val: list[dict], path: Path) -> None:
-    """Training loss and validation perplexity bound against steps."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display: plots are files in the run directory
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure atomically, so a crash never leaves a truncated PNG."""
     from ..utils.io import atomic_path
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
+
+
+def plot_history(train: list[dict], val: list[dict], path: Path) -> None:
+    """Training loss and validation perplexity bound against steps."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 3.8))
     if train:
         axes[0].plot([r["step"] for r in train if "loss" in r], [r["loss"] for r in train if "loss" in r], lw=1)
     axes[0].set(xlabel="step", ylabel="training loss (NELBO / token)", title="training")
@@ -94,33 +107,18 @@ def plot_history(train: list[dict], val: list[dict], path: Path) -> None:
     axes[1].set(xlabel="step", ylabel="validation perplexity (upper bound)", title="validation", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_rounds(train: list[dict], path: Path) -> None:
     """Distillation loss against steps, one colour per round (with its delta)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..utils.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    rounds = sorted({int(r["round"]) for r in train if "round" in r})
-    for n in rounds:
+    fig, ax = _pyplot().subplots(figsize=(6.5, 3.8))
+    for n in sorted({int(r["round"]) for r in train if "round" in r}):
         sel = [r for r in train if int(r.get("round", -1)) == n and "loss" in r]
-        ax.plot([r["step"] for r in sel], [r["loss"] for r in sel], lw=1,
-                label=f"round {n}, delta = {sel[0].get('delta', float('nan')):.4g}")
+        if sel:
+            ax.plot([r["step"] for r in sel], [r["loss"] for r in sel], lw=1,
+                    label=f"round {n}, delta = {sel[0].get('delta', float('nan')):.4g}")
     ax.set(xlabel="step", ylabel="distillation KL per token", yscale="log", title="distillation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
