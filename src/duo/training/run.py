@@ -26,6 +26,8 @@ from .datamodule import TextDataModule
 from .module import DiffusionLM
 
 log = logging.getLogger("duo")
+# The fast tokenizers' thread pool and forked loader workers do not mix.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @dataclass
@@ -155,7 +157,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
-    val = trainer.validate(module, datamodule=data, verbose=False) if trainer.is_global_zero or world > 1 else []
+    val = trainer.validate(module, datamodule=data, verbose=False)  # every rank: it is collective
     nelbo = float(val[0]["val/nelbo"]) if val and "val/nelbo" in val[0] else None
     samples: list[str] = []
     if trainer.is_global_zero and cfg.sample.num_samples > 0:
@@ -170,5 +172,3 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
         samples=samples,
     )
 
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
