@@ -36,6 +36,10 @@ def gradient_variance(curriculum: str, draws: int = 48) -> float:
 
 
 def test_curriculum_lowers_gradient_variance():
+    """The curriculum loss (gamma drawn where T spans [0.05, 0.95], relaxed input at
+    tau = 1e-3) against the discrete loss on the log-linear schedule. At tau = 1e-3 the
+    input is nearly one-hot, so most of the reduction comes from the restricted alpha
+    range and its loss weights rather than from the softness of the input."""
     discrete = gradient_variance("none")
     assert gradient_variance("full") < 0.7 * discrete
     assert gradient_variance("topk") < 0.7 * discrete
@@ -53,6 +57,10 @@ def test_tau_schedule_and_phase_length():
     assert curriculum_length(DuoConfig(curriculum="topk", curriculum_fraction=0.25), 100) == 25
     with pytest.raises(ValueError, match="only one"):
         DuoConfig(curriculum_steps=3, curriculum_fraction=0.5).validate()
+    with pytest.raises(ValueError, match="together"):
+        DuoConfig(tau=1e-2, tau_end=1e-4).validate()  # would silently never anneal
+    with pytest.raises(ValueError, match="must be after"):
+        DuoConfig(tau=1e-2, tau_end=1e-4, tau_anneal_start=10, tau_anneal_end=10).validate()
 
 
 def test_gamma_range_is_derived_from_the_vocabulary():
@@ -74,6 +82,10 @@ def test_curriculum_loss_is_the_discrete_loss_at_tau_zero():
                         "algo.curriculum_steps=10"])
     torch.manual_seed(0)
     backbone, method = build_method(cfg, 50)
+    with torch.no_grad():  # zero-initialised output/adaLN layers would make any input look alike
+        for p in backbone.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
     x = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.1, 0.4, 0.6, 0.9])
     out = method.training_loss({"input_ids": x}, t, step=0, generator=torch.Generator().manual_seed(5))

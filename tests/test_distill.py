@@ -137,3 +137,62 @@ def test_distill_needs_a_duo_checkpoint(teacher_run, tiny_corpus, duo_cache, tmp
         distill_config(teacher_run, ["algo=mdlm"])
     with pytest.raises(ValueError, match="distill.rounds=0"):
         distill_config(teacher_run, ["distill.rounds=0"])
+
+
+def test_distillation_loss_is_kl_of_student_at_t_from_teacher_at_s():
+    """Replays the coupled draw: the loss is KL(student(z_t, t) || teacher(z_s, s)) with
+    t ~ U[delta, 1], s = t - delta (MATH.md 6), and the forward KL differs from it."""
+    import copy
+
+    from duo.losses import distillation_kl
+    from duo.relaxation import coupled_pair
+    from duo.schedules import sigma_from_alpha
+    from duo.duality import diffusion_transform
+
+    cfg = build_config(["algo=distill", "algo.T0=8", "algo.rounds=2", "model.hidden_size=32",
+                        "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"])
+    torch.manual_seed(0)
+    student, method = build_method(cfg, 30)
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method.teacher = teacher
+    x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9])
+    got = method.training_loss({"input_ids": x}, t, step=0, generator=torch.Generator().manual_seed(7))
+
+    delta = 1 / 8
+    u = (t.double() - 1e-3) / (1 - 1e-3)
+    t_hi = delta + (1 - delta) * u
+    g_t, g_s = method.path.gamma(t_hi), method.path.gamma(t_hi - delta)
+    a_t = diffusion_transform(g_t, 30).alpha.float()
+    a_s = diffusion_transform(g_s, 30).alpha.float()
+    pair = coupled_pair(x, g_t.float()[:, None], g_s.float()[:, None], 30,
+                        generator=torch.Generator().manual_seed(7))
+    s_lp = student(pair.z_t, sigma_from_alpha(a_t)).log_softmax(-1)
+    t_lp = teacher(pair.z_s, sigma_from_alpha(a_s)).log_softmax(-1)
+    expected = distillation_kl(s_lp, t_lp, "reverse").mean()
+    assert got.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert (pair.z_t != pair.z_s).any()  # the two points differ, so the test can tell them apart
+    forward = distillation_kl(s_lp, t_lp, "forward").mean()
+    assert abs(forward.item() - expected.item()) > 1e-4 * expected.item()
+
+
+def test_refreshed_teacher_is_the_students_current_weights_not_the_ema(teacher_run, tmp_path):
+    seen = {}
+
+    class Compare(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step in (4, 8):
+                teacher = module.method.teacher
+                same = all(torch.equal(a, b) for a, b in zip(teacher.parameters(), module.backbone.parameters()))
+                ema = all(torch.equal(a, b.to(a.dtype)) for a, b in zip(teacher.parameters(), module.ema.shadow))
+                seen[trainer.global_step] = (same, ema)
+
+    distill(teacher_run, [*DISTILL, "trainer.ema=0.9", f"run_dir={tmp_path / 's'}"], callbacks=[Compare()])
+    assert seen == {4: (True, False), 8: (True, False)}

@@ -133,3 +133,27 @@ def test_config_round_trips_through_yaml(tmp_path):
     assert again.algo_cfg.curriculum == "topk" and again.model.hidden_size == 64
     # a selection change drops the previous method's fields
     assert build_config([f"config={tmp_path / 'c.yaml'}", "algo=mdlm"]).algo == "mdlm"
+
+
+def test_times_are_stratified_over_the_global_batch_and_noise_differs_per_rank():
+    """Two ranks x two micro-batches of 4: together the 16 times are antithetic_times(16)
+    with one shared u, and each (rank, micro) draws its own noise."""
+    from types import SimpleNamespace
+
+    from duo.schedules import antithetic_times
+    from duo.training.module import DiffusionLM, step_seed
+
+    cfg = build_config(["algo=duo", "model.hidden_size=32", "model.cond_dim=16", "model.n_heads=2",
+                        "model.n_blocks=1", "model.max_seq_len=16"])
+    module = DiffusionLM(cfg, 40)
+    times, seeds = [], set()
+    for rank in range(2):
+        trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=2, global_rank=rank)
+        object.__setattr__(module, "_trainer", trainer)  # global_rank and world size come from it
+        for micro in range(2):
+            times.append(module._times(4, step=7, micro=micro))
+            seeds.add(step_seed(cfg.trainer.seed, 7, rank, micro, 2))
+    u_gen = torch.Generator().manual_seed(step_seed(cfg.trainer.seed, 7, 0, 0, 1))
+    u = torch.rand((), generator=u_gen, dtype=torch.float64)
+    assert torch.allclose(torch.cat(times), antithetic_times(16, u=u))
+    assert len(seeds) == 4

@@ -63,8 +63,15 @@ class DuoConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"algo.{name}={value} must be >= 0")
+        if (self.tau_end is None) != (self.tau_anneal_end is None):
+            raise ValueError("set algo.tau_end and algo.tau_anneal_end together (or neither) to anneal tau")
         if self.tau_end is not None and (self.tau <= 0 or self.tau_end <= 0):
             raise ValueError("annealing tau in log space needs algo.tau > 0 and algo.tau_end > 0")
+        if self.tau_anneal_end is not None and self.tau_anneal_end <= self.tau_anneal_start:
+            raise ValueError(
+                f"algo.tau_anneal_end={self.tau_anneal_end} must be after "
+                f"algo.tau_anneal_start={self.tau_anneal_start}"
+            )
         if not 0 < self.alpha_min < self.alpha_max < 1:
             raise ValueError(
                 f"algo.alpha_min={self.alpha_min}, algo.alpha_max={self.alpha_max} must "
