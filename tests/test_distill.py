@@ -196,3 +196,27 @@ def test_refreshed_teacher_is_the_students_current_weights_not_the_ema(teacher_r
 
     distill(teacher_run, [*DISTILL, "trainer.ema=0.9", f"run_dir={tmp_path / 's'}"], callbacks=[Compare()])
     assert seen == {4: (True, False), 8: (True, False)}
+
+
+def test_distillation_loss_does_not_depend_on_chunking():
+    import copy
+
+    cfg = build_config(["algo=distill", "algo.T0=8", "algo.rounds=2", "model.hidden_size=32",
+                        "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"])
+    torch.manual_seed(0)
+    student, method = build_method(cfg, 30)
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    method.teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in method.teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9])
+    losses = []
+    for chunk in (2**24, 5 * 30):  # one pass, then chunks of 5 tokens
+        method.loss_chunk_elements = chunk
+        losses.append(method.training_loss({"input_ids": x}, t, generator=torch.Generator().manual_seed(7)).loss)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)

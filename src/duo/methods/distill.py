@@ -40,7 +40,11 @@ class DistillMethod(DuoMethod):
     def phase(self, step: int) -> str:
         return f"round {round_and_delta(step, self.dcfg)[0]}"
 
-    def _kl(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    def _kl(self, student_logits: Tensor, teacher_h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        # The teacher's logits are projected per chunk too: a (B, L, K) teacher tensor
+        # would undo the memory saving of the chunked student loss.
+        with torch.no_grad():
+            teacher_logits = self.teacher.output_layer.project(teacher_h, shift, scale)
         return distillation_kl(student_logits.float().log_softmax(-1),
                                teacher_logits.float().log_softmax(-1), self.dcfg.loss)
 
@@ -60,8 +64,12 @@ class DistillMethod(DuoMethod):
         pair = coupled_pair(x, g_t.float()[:, None], g_s.float()[:, None], self.vocab_size,
                             generator=generator)
         with torch.no_grad():
-            teacher = self.teacher(pair.z_s, sigma_from_alpha(alpha_s))
-        per_token = token_loss(self._kl, self.backbone, pair.z_t, sigma_from_alpha(alpha_t), teacher,
+            teacher_h, teacher_c = self.teacher.hidden(pair.z_s, sigma_from_alpha(alpha_s))
+            shift, scale = self.teacher.output_layer.modulation(teacher_c)
+            shape = teacher_h.shape
+            shift, scale = shift.expand(shape), scale.expand(shape)
+        per_token = token_loss(self._kl, self.backbone, pair.z_t, sigma_from_alpha(alpha_t),
+                               teacher_h, shift, scale,
                                max_elements=self.loss_chunk_elements)
         out = reduce_tokens(per_token, attention_mask(batch))
         out.metrics.update({"round": float(n), "delta": delta})
