@@ -56,3 +56,18 @@ def tiny_overrides(corpus: str, cache: str, run_dir, *extra: str) -> list[str]:
         "trainer.progress_bar=false", "trainer.loggers=[csv]", "trainer.ema=0.9",
         "sample.num_samples=0", f"run_dir={run_dir}", *extra,
     ]
+
+
+def randomise_zero_layers(module, std: float = 0.05) -> None:
+    """Give the zero-initialised layers (adaLN, output) random weights, so that outputs
+    depend on the input and on the time conditioning."""
+    import torch
+
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, std)
+
+
+TINY_DISTILL = ["algo=distill", "algo.T0=8", "algo.rounds=2", "model.hidden_size=32", "model.cond_dim=16",
+                "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"]

@@ -8,7 +8,7 @@ from duo.methods import DuoConfig, curriculum_length, tau_at
 from duo.training import train
 from duo.training.module import build_method
 
-from conftest import tiny_overrides
+from conftest import randomise_zero_layers, tiny_overrides
 from test_training import losses
 
 TINY_MODEL = ["model.hidden_size=32", "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1",
@@ -82,10 +82,7 @@ def test_curriculum_loss_is_the_discrete_loss_at_tau_zero():
                         "algo.curriculum_steps=10"])
     torch.manual_seed(0)
     backbone, method = build_method(cfg, 50)
-    with torch.no_grad():  # zero-initialised output/adaLN layers would make any input look alike
-        for p in backbone.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
+    randomise_zero_layers(backbone)  # a zero output layer would make any input look alike
     x = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.1, 0.4, 0.6, 0.9])
     out = method.training_loss({"input_ids": x}, t, step=0, generator=torch.Generator().manual_seed(5))

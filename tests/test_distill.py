@@ -1,3 +1,4 @@
+import copy
 import hashlib
 
 import lightning.pytorch as pl
@@ -12,7 +13,7 @@ from duo.training import train
 from duo.training.distill import distill
 from duo.training.module import build_method
 
-from conftest import tiny_overrides
+from conftest import TINY_DISTILL, randomise_zero_layers, tiny_overrides
 from test_training import losses
 
 
@@ -21,6 +22,19 @@ def teacher_run(tiny_corpus, duo_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("teacher") / "duo"
     train(build_config(tiny_overrides(tiny_corpus, duo_cache, run_dir, "trainer.max_steps=25")))
     return run_dir
+
+
+def student_teacher_pair():
+    """A tiny distill method whose teacher is a perturbed copy of its student (delta = 1/8)."""
+    torch.manual_seed(0)
+    student, method = build_method(build_config(TINY_DISTILL), 30)
+    randomise_zero_layers(student, 0.1)
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method.teacher = teacher
+    return student, teacher, method
 
 
 DISTILL = ["distill.rounds=3", "distill.steps_per_round=4", "distill.T0=16", "trainer.lr=1e-3",
@@ -42,17 +56,14 @@ def test_loss_is_zero_for_the_same_network_at_the_same_point():
                         "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"])
     torch.manual_seed(0)
     backbone, method = build_method(cfg, 30)
-    with torch.no_grad():
-        for p in backbone.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
+    randomise_zero_layers(backbone)
     method.teacher = backbone
     x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
     out = method.training_loss({"input_ids": x}, torch.tensor([0.1, 0.3, 0.6, 0.9]), step=0,
                                generator=torch.Generator().manual_seed(1))
     assert abs(out.loss.item()) < 1e-6
     # a perturbed student is penalised
-    method.teacher = __import__("copy").deepcopy(backbone)
+    method.teacher = copy.deepcopy(backbone)
     with torch.no_grad():
         for p in backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -142,26 +153,12 @@ def test_distill_needs_a_duo_checkpoint(teacher_run, tiny_corpus, duo_cache, tmp
 def test_distillation_loss_is_kl_of_student_at_t_from_teacher_at_s():
     """Replays the coupled draw: the loss is KL(student(z_t, t) || teacher(z_s, s)) with
     t ~ U[delta, 1], s = t - delta (MATH.md 6), and the forward KL differs from it."""
-    import copy
-
     from duo.losses import distillation_kl
     from duo.relaxation import coupled_pair
     from duo.schedules import sigma_from_alpha
     from duo.duality import diffusion_transform
 
-    cfg = build_config(["algo=distill", "algo.T0=8", "algo.rounds=2", "model.hidden_size=32",
-                        "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"])
-    torch.manual_seed(0)
-    student, method = build_method(cfg, 30)
-    with torch.no_grad():
-        for p in student.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.1)
-    teacher = copy.deepcopy(student)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    method.teacher = teacher
+    student, teacher, method = student_teacher_pair()
     x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.1, 0.3, 0.6, 0.9])
     got = method.training_loss({"input_ids": x}, t, step=0, generator=torch.Generator().manual_seed(7))
@@ -199,20 +196,7 @@ def test_refreshed_teacher_is_the_students_current_weights_not_the_ema(teacher_r
 
 
 def test_distillation_loss_does_not_depend_on_chunking():
-    import copy
-
-    cfg = build_config(["algo=distill", "algo.T0=8", "algo.rounds=2", "model.hidden_size=32",
-                        "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"])
-    torch.manual_seed(0)
-    student, method = build_method(cfg, 30)
-    with torch.no_grad():
-        for p in student.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.1)
-    method.teacher = copy.deepcopy(student)
-    with torch.no_grad():
-        for p in method.teacher.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    _, _, method = student_teacher_pair()
     x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.1, 0.3, 0.6, 0.9])
     losses = []

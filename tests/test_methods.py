@@ -1,18 +1,14 @@
 import pytest
 import torch
 
-import duo.methods.base as base
 from duo.experiment import build_config
 from duo.training.module import build_method
+
+from conftest import randomise_zero_layers as _randomise
 
 TINY = ["model.hidden_size=32", "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1", "model.max_seq_len=16"]
 
 
-def _randomise(backbone):
-    with torch.no_grad():
-        for p in backbone.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
 
 
 @pytest.mark.parametrize("algo", ["duo", "mdlm", "ar", "duo-topk"])
