@@ -10,8 +10,9 @@ ties at the boundary are all kept and the result does not depend on sort order:
 
 :func:`top_k_filter` / :func:`top_p_filter` are the dense reference on (B, L, K).
 :func:`row_thresholds` finds the same thresholds from log-probabilities without sorting
-whole rows (a partial top-k, then a histogram of the row, sorting only what is left), so
-the samplers never touch a filtered (B, L, K) tensor.
+whole rows (a partial top-k; for top-p a bucketed histogram of each row, sorting only
+the bucket that holds the threshold), so the samplers never build a filtered
+(B, L, K) tensor.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from torch import Tensor
 
 from .workspace import Workspace
 
-_FIRST_WINDOW = 64
-_BUCKETS = 2048
-_MAX_BUCKET = 2048  # a more crowded crossing bucket falls back to a full sort
-_LOG_RANGE = 80.0  # buckets span at most this far below a row's largest log-prob
+_MANTISSA_BITS = 4  # 16 buckets per factor of two in probability
+_BUCKETS = 1 << (8 + _MANTISSA_BITS - 1)  # float32 bit patterns of [0, 2) >> (23 - 4)
+_MAX_MEMBERS = 4096  # a crossing bucket this crowded is checked for an all-tied row
+_CPU_CHUNK = 1 << 20  # entries per chunk of rows on CPU (a few MB per buffer)
+_DEVICE_CHUNK = 1 << 25
 
 
 def check_filter(top_p: float, top_k: int) -> None:
@@ -125,112 +127,112 @@ def _resolve(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, T
     return tau, mass.log(), ok
 
 
-def _histogram(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
-    """top-p thresholds for broad rows (n, K) without sorting them.
+def row_chunks(n: int, vocab: int, device: torch.device) -> list[slice]:
+    """Row offsets for processing (n, vocab) in chunks that stay in the CPU cache.
 
-    Buckets each row's log-probs evenly between its maximum and its minimum (at most
-    ``_LOG_RANGE`` below), finds the bucket where the mass counted from the top reaches
-    p, and orders only that bucket's tokens. Bucket masses are summed in the log-probs'
-    dtype, so with float32 the crossing is exact up to float32 rounding of the
-    cumulative mass (the order to which float32 log-probs are normalised anyway).
-    Returns (log_tau, log_mass, ok); ``ok`` is False where the crossing bucket may hold
-    more than ``_MAX_BUCKET`` tokens (those rows are sorted instead).
+    On CPU a pass over a chunk of about a million entries runs from the cache, several
+    times faster than the same pass over a whole (B * L, K) tensor; elsewhere one chunk
+    of up to 32M entries keeps the number of kernel launches small.
     """
-    n, vocab = lp.shape
-    hi = lp.amax(-1, keepdim=True)
-    lo = torch.maximum(lp.amin(-1, keepdim=True), hi - _LOG_RANGE)  # -inf entries (a mask)
-    flat = (hi == lo).squeeze(1)  # all-equal rows: everything is kept
-    if bool(flat.all()):  # e.g. an untrained model with a zero output layer
-        return hi.squeeze(1), (vocab * hi.squeeze(1).double().exp()).log(), flat
-    scale = torch.where(hi > lo, (_BUCKETS - 1) / (hi - lo), 0.0)
-    tmp = ws.get("hist_f", lp.shape, lp.dtype, lp.device)
-    torch.sub(hi, lp, out=tmp).mul_(scale).clamp_(0, _BUCKETS - 1)
-    bucket = ws.get("hist_i", lp.shape, torch.long, lp.device).copy_(tmp)  # 0: largest
-    torch.exp(lp, out=tmp)
-    hist = lp.new_zeros(n, _BUCKETS).scatter_add_(1, bucket, tmp).double()
-    cum = hist.cumsum(-1)
-    crossing = (cum < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
-    above = torch.where(crossing > 0, cum.gather(1, (crossing - 1).clamp_min(0)), 0.0)
-    # Members of bucket c have log-prob above hi - (c + 1) / scale: bound their number.
-    floor = (hi.double() - (crossing + 1) / scale.double().clamp_min(1e-300)).exp()
-    bound = 1.01 * hist.gather(1, crossing) / floor + 1.0
-    ok = (bound.squeeze(1) <= _MAX_BUCKET) | flat
-    crossing = torch.where((ok & ~flat)[:, None], crossing, -1)  # -1 selects nothing
-    inside = torch.eq(bucket, crossing, out=ws.get("hist_b", lp.shape, torch.bool, lp.device))
-    row, col = inside.nonzero().unbind(1)  # row-major: grouped by row
+    budget = _CPU_CHUNK if torch.device(device).type == "cpu" else _DEVICE_CHUNK
+    rows = max(1, budget // vocab)
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+def _members(bucket: Tensor, crossing: Tensor, ws: Workspace) -> tuple[Tensor, Tensor]:
+    """(row, col) of the entries of ``bucket`` (r, K) equal to their row's ``crossing``
+    (r, 1), row-major. The few hits are found among 8-byte words of the boolean mask,
+    which scans eight times fewer elements than ``nonzero`` on the mask itself."""
+    r, vocab = bucket.shape
+    n = r * vocab
+    words = -(-n // 8)
+    flat = ws.get("inside", (8 * words,), torch.bool, bucket.device)
+    flat[n:] = False
+    torch.eq(bucket, crossing, out=flat[:n].view(r, vocab))
+    hit = flat.view(torch.int64).nonzero().squeeze(1)
+    pos = (8 * hit[:, None] + torch.arange(8, device=bucket.device)).flatten()
+    pos = pos[flat[pos]]
+    return pos // vocab, pos % vocab
+
+
+def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor]:
+    """Exact top-p thresholds for rows of normalised log-probs (r, K), no sort of the rows.
+
+    Every token goes to a bucket given by the top bits of its float32 probability
+    (exponent and :data:`_MANTISSA_BITS` mantissa bits: buckets about 6% wide, ordered
+    like the probabilities). One scatter-add gives each bucket's mass; counted from the
+    top, the bucket where the mass reaches p holds the threshold, and only its tokens
+    (a few per thousand in a broad row) are sorted. Returns (log_tau, log_mass) (r,).
+    """
+    r, vocab = lp.shape
+    device = lp.device
+    p = torch.exp(lp, out=ws.get("p", lp.shape, lp.dtype, device))
+    p32 = p if p.dtype == torch.float32 else ws.get("p32", lp.shape, torch.float32, device).copy_(p)
+    bucket = ws.get("bucket", lp.shape, torch.long, device)
+    torch.bitwise_right_shift(p32.view(torch.int32), 23 - _MANTISSA_BITS, out=bucket)
+    hist = ws.get("hist", (r, _BUCKETS), p.dtype, device).zero_().scatter_add_(1, bucket, p)
+    from_top = hist.double().flip(-1).cumsum(-1)
+    j = (from_top < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
+    above = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)), 0.0)  # (r, 1)
+    row, col = _members(bucket, _BUCKETS - 1 - j, ws)
+    count = torch.bincount(row, minlength=r)
+    flat = torch.zeros(r, dtype=torch.bool, device=device)
+    crowded = (count > _MAX_MEMBERS).nonzero().squeeze(1)
+    if crowded.numel():  # e.g. an untrained model's uniform rows: all tied, all kept
+        sub = lp[crowded]
+        flat[crowded] = sub.amax(-1) == sub.amin(-1)
+        if bool(flat.any()):
+            keep = ~flat[row]
+            row, col = row[keep], col[keep]
+            count = torch.where(flat, 0, count)
     vals = lp[row, col]
-    count = torch.bincount(row, minlength=n)
     order = vals.sort(descending=True, stable=True).indices
     order = order[row[order].sort(stable=True).indices]  # by row, then by value
     row, vals = row[order], vals[order]
-    slot = torch.arange(row.numel(), device=lp.device) - (count.cumsum(0) - count)[row]
+    slot = torch.arange(row.numel(), device=device) - (count.cumsum(0) - count)[row]
     width = max(int(count.max()), 1) if row.numel() else 1
-    v = lp.new_full((n, width), float("-inf"))
+    v = lp.new_full((r, width), float("-inf"))
     v[row, slot] = vals
     q = v.double().exp()
     before = above + q.cumsum(-1) - q
     n_keep = torch.minimum((before < top_p).sum(-1, keepdim=True), count[:, None]).clamp_min(1)
-    tau = torch.where(flat[:, None], hi, v.gather(1, n_keep - 1)).squeeze(1)
+    # A row whose float32 bucket masses never reach p keeps everything (tau = -inf).
+    tau = torch.where(count[:, None] > 0, v.gather(1, n_keep - 1), float("-inf")).squeeze(1)
     mass = above.squeeze(1) + torch.where(v >= tau[:, None], q, 0.0).sum(-1)
-    mass = torch.where(flat, vocab * hi.squeeze(1).double().exp(), mass)
-    return tau, mass.log(), ok
+    if bool(flat.any()):
+        hi = lp[:, 0]  # a flat row is constant
+        tau = torch.where(flat, hi, tau)
+        mass = torch.where(flat, vocab * hi.double().exp(), mass)
+    return tau, mass.log()
 
 
 def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
                    workspace: Workspace | None = None) -> Thresholds | None:
     """Filter thresholds for rows of normalised log-probabilities (N, K); None if no filter.
 
-    Three stages, each only for the rows the previous one could not decide: the top
-    ``max(64, top_k + 1)`` entries of each row (skipped for top-p rows whose largest
-    probability shows the window cannot hold mass p); for top-p alone, a histogram of
-    the row (:func:`_histogram`); a full sort.
+    top-k (alone or before top-p): the top ``top_k + 1`` entries of each row decide the
+    threshold, and the draw needs only them; rows with ties across the window edge are
+    sorted. top-p alone: a bucketed histogram of each row (:func:`_top_p_chunk`),
+    computed in cache-sized chunks of rows.
     """
     n, vocab = log_probs.shape
     if not filter_active(top_p, top_k, vocab):
         return None
-    top_k = top_k if 0 < top_k < vocab else 0
-    width = min(vocab, max(_FIRST_WINDOW, top_k + 1))
-    full = width >= vocab
-    device = log_probs.device
-    log_tau = log_probs.new_empty(n)
-    log_mass = torch.empty(n, dtype=torch.float64, device=device)
-    window_lp = log_probs.new_full((n, width), float("-inf"))
-    window_ids = torch.zeros((n, width), dtype=torch.long, device=device)
-    windowed = torch.zeros(n, dtype=torch.bool, device=device)
-    histogram = top_p < 1.0 and not top_k
-    if histogram and not full:
-        reach = width * log_probs.amax(-1).double().exp() >= top_p
-        tried = reach.nonzero().squeeze(1)
-    else:
-        tried = torch.arange(n, device=device)
-    if tried.numel():
-        rows = log_probs if tried.numel() == n else log_probs[tried]
-        top = rows.sort(-1, descending=True) if full else rows.topk(width, -1)
-        tau, mass, ok = _resolve(top.values, top_p, top_k, full)
-        window_lp[tried], window_ids[tried] = top.values, top.indices
-        log_tau[tried], log_mass[tried], windowed[tried] = tau, mass, ok
-    todo = (~windowed).nonzero().squeeze(1)
-    for stage in ["histogram", "sort"] if histogram else ["sort"]:
-        if not todo.numel():
-            break
-        rows = log_probs if todo.numel() == n else log_probs[todo]
-        if stage == "histogram":
-            tau, mass, done = _histogram(rows, top_p, workspace or Workspace())
-        else:
-            tau, mass, done = _resolve(rows.sort(-1, descending=True).values, top_p, top_k, True)
-        log_tau[todo[done]] = tau[done]
-        log_mass[todo[done]] = mass[done]
-        todo = todo[~done]
-    return Thresholds(log_tau, log_mass, window_lp, window_ids, windowed)
-
-
-def filtered_cdf(log_probs: Tensor, thresholds: Thresholds | None,
-                 workspace: Workspace | None = None) -> Tensor:
-    """Unnormalised float64 cumulative weights of the filtered rows (N, K) -> (N, K)."""
     ws = workspace or Workspace()
-    w = ws.get("cdf", log_probs.shape, torch.float64, log_probs.device).copy_(log_probs).exp_()
-    if thresholds is not None:
-        drop = torch.lt(log_probs, thresholds.log_tau[:, None],
-                        out=ws.get("cdf_b", log_probs.shape, torch.bool, log_probs.device))
-        w.masked_fill_(drop, 0.0)
-    return w.cumsum_(-1)
+    device = log_probs.device
+    top_k = top_k if 0 < top_k < vocab else 0
+    if not top_k:
+        log_tau = log_probs.new_empty(n)
+        log_mass = torch.empty(n, dtype=torch.float64, device=device)
+        for rows in row_chunks(n, vocab, device):
+            log_tau[rows], log_mass[rows] = _top_p_chunk(log_probs[rows], top_p, ws)
+        return Thresholds(log_tau, log_mass)
+    width = min(vocab, top_k + 1)
+    full = width >= vocab
+    top = log_probs.sort(-1, descending=True) if full else log_probs.topk(width, -1)
+    log_tau, log_mass, windowed = _resolve(top.values, top_p, top_k, full)
+    todo = (~windowed).nonzero().squeeze(1)
+    if todo.numel():
+        tau, mass, _ = _resolve(log_probs[todo].sort(-1, descending=True).values, top_p, top_k, True)
+        log_tau[todo], log_mass[todo] = tau, mass
+    return Thresholds(log_tau, log_mass, top.values, top.indices, windowed)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .filters import Thresholds, filter_active, filtered_cdf, row_thresholds
+from .filters import Thresholds, filter_active, row_chunks, row_thresholds
 from .workspace import Workspace
 
 Weight = Tensor | float
@@ -133,15 +133,46 @@ def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, th: Thresholds | None,
             j = search_cdf(w.cumsum(-1), u[win])
             picked[win] = th.window_ids[win].gather(1, j[:, None]).squeeze(1)
     rest = (~in_window).nonzero().squeeze(1)
-    if rest.numel():
-        m = rest.numel()
-        src = rows[rest]
-        buf = ws.get("rows", (m, vocab), flat.dtype, flat.device)
-        lp = flat if m == flat.shape[0] else torch.gather(
-            flat, 0, src[:, None].expand(m, vocab), out=buf)
-        sub = th.take(rest) if th is not None else None
-        picked[rest] = search_cdf(filtered_cdf(lp, sub, ws), u[rest])
+    for part in row_chunks(rest.numel(), vocab, flat.device):
+        sel = rest[part]
+        r = sel.numel()
+        src = rows[sel]
+        w = torch.index_select(flat, 0, src, out=ws.get("rows", (r, vocab), flat.dtype, flat.device))
+        drop = None
+        if th is not None:
+            drop = torch.lt(w, th.log_tau[sel, None],
+                            out=ws.get("drop", (r, vocab), torch.bool, flat.device))
+        w.exp_()
+        if drop is not None:
+            w.masked_fill_(drop, 0.0)
+        picked[sel] = blocked_draw(w, u[sel])
     return picked
+
+
+_BLOCK = 256
+
+
+def blocked_draw(weights: Tensor, u: Tensor) -> Tensor:
+    """Categorical draws from non-negative weights (r, K) with uniforms u (r,), in two
+    levels: a block of ``_BLOCK`` tokens by its float64 block mass, then a token inside
+    it. Two cheap passes instead of a cumulative sum over the whole row; a zero-weight
+    token is never drawn. Returns (r,) ids."""
+    r, vocab = weights.shape
+    nb, main = vocab // _BLOCK, (vocab // _BLOCK) * _BLOCK
+    parts = [weights[:, :main].unflatten(1, (nb, _BLOCK)).sum(-1, dtype=torch.float64)]
+    if main < vocab:
+        parts.append(weights[:, main:].sum(-1, keepdim=True, dtype=torch.float64))
+    cum = torch.cat(parts, 1).cumsum_(-1) if len(parts) > 1 else parts[0].cumsum_(-1)
+    target = u * cum[:, -1]
+    block = torch.searchsorted(cum, target[:, None], right=True).clamp_max(cum.shape[1] - 1)
+    before = torch.where(block > 0, cum.gather(1, (block - 1).clamp_min(0)), 0.0)
+    cols = block * _BLOCK + torch.arange(_BLOCK, device=weights.device)
+    inner = torch.where(cols < vocab, weights.gather(1, cols.clamp_max(vocab - 1)).double(), 0.0)
+    inner = inner.cumsum_(-1)
+    # Block sums and the in-block cumulative sum round differently: stay inside the block.
+    rest = torch.minimum(target[:, None] - before, inner[:, -1:] * (1.0 - 1e-12))
+    j = torch.searchsorted(inner, rest, right=True).clamp_max(_BLOCK - 1)
+    return cols.gather(1, j).squeeze(1)
 
 
 def x_at_z(log_probs: Tensor, z: Tensor, thresholds: Thresholds | None) -> Tensor:
