@@ -471,3 +471,10 @@ def test_top_p_thresholds_of_a_large_vocabulary_in_float32():
     assert torch.equal(fast > 0, dense > 0)
     # float32 log-probs sum to one only to ~1e-6; the dense reference renormalises.
     assert torch.allclose(fast, dense, atol=0, rtol=1e-5)
+
+
+def test_top_p_thresholds_of_bfloat16_log_probs_match_their_float32_copy():
+    lp = (2.0 * torch.randn(4, 5000, generator=torch.Generator().manual_seed(2))).log_softmax(-1)
+    low = lp.bfloat16()
+    th, ref = row_thresholds(low, 0.9), row_thresholds(low.float(), 0.9)
+    assert torch.equal(th.log_tau.float(), ref.log_tau) and torch.allclose(th.log_mass, ref.log_mass)

@@ -138,6 +138,8 @@ def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, th: Thresholds | None,
         r = sel.numel()
         src = rows[sel]
         w = torch.index_select(flat, 0, src, out=ws.get("rows", (r, vocab), flat.dtype, flat.device))
+        if w.dtype not in (torch.float32, torch.float64):  # draw bfloat16 predictions in float32
+            w = ws.get("rows32", (r, vocab), torch.float32, flat.device).copy_(w)
         drop = None
         if th is not None:
             drop = torch.lt(w, th.log_tau[sel, None],
@@ -159,10 +161,12 @@ def blocked_draw(weights: Tensor, u: Tensor) -> Tensor:
     token is never drawn. Returns (r,) ids."""
     r, vocab = weights.shape
     nb, main = vocab // _BLOCK, (vocab // _BLOCK) * _BLOCK
-    parts = [weights[:, :main].unflatten(1, (nb, _BLOCK)).sum(-1, dtype=torch.float64)]
+    # Block sums in the weights' dtype (a float64 sum would first copy the whole row),
+    # accumulated across blocks in float64.
+    parts = [weights[:, :main].unflatten(1, (nb, _BLOCK)).sum(-1)]
     if main < vocab:
-        parts.append(weights[:, main:].sum(-1, keepdim=True, dtype=torch.float64))
-    cum = torch.cat(parts, 1).cumsum_(-1) if len(parts) > 1 else parts[0].cumsum_(-1)
+        parts.append(weights[:, main:].sum(-1, keepdim=True))
+    cum = torch.cat(parts, 1).double().cumsum_(-1)
     target = u * cum[:, -1]
     block = torch.searchsorted(cum, target[:, None], right=True).clamp_max(cum.shape[1] - 1)
     before = torch.where(block > 0, cum.gather(1, (block - 1).clamp_min(0)), 0.0)
