@@ -25,7 +25,9 @@ from torch import Tensor
 from .workspace import Workspace
 
 _MANTISSA_BITS = 4  # 16 buckets per factor of two in probability
-_BUCKETS = 1 << (8 + _MANTISSA_BITS - 1)  # float32 bit patterns of [0, 2) >> (23 - 4)
+# Non-negative float32 bit patterns >> (23 - 4): [0, 2) fills the lower half; inf and
+# NaN land in the upper half instead of out of range (NaN is then reported).
+_BUCKETS = 1 << (8 + _MANTISSA_BITS)
 _MAX_MEMBERS = 4096  # a crossing bucket this crowded is checked for an all-tied row
 _CPU_CHUNK = 1 << 21  # entries per chunk of rows on CPU (up to 16 MB per buffer)
 _DEVICE_CHUNK = 1 << 25
@@ -99,36 +101,31 @@ class Thresholds:
                           self.window_ids[rows], self.windowed[rows])
 
 
-def _resolve(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Thresholds from the ``w`` largest log-probs ``v`` (n, w), sorted descending.
+def _resolve_top_k(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """top-k (then top-p) thresholds from the ``w > top_k`` largest log-probs ``v`` (n, w),
+    sorted descending (``full``: the whole row).
 
-    Returns (log_tau, log_mass, ok); ``ok`` is False where the window is too narrow to
-    decide (the nucleus or a tie run may continue past it).
+    Returns (log_tau, log_mass, ok); ``ok`` is False where a tie run at the top-k
+    threshold may continue past the window (those rows need the whole row).
     """
-    p = v.double().exp()
-    ok = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
-    tau = v[:, -1]
-    if top_k:
-        tau = v[:, top_k - 1]
-        p = torch.where(v >= tau[:, None], p, 0.0)
-    # Every token at or above the top-k (else the final) threshold must be in the window.
-    bound = tau
+    tau_k = v[:, top_k - 1]
+    in_k = v >= tau_k[:, None]
+    p = torch.where(in_k, v.double().exp(), 0.0)
+    tau = tau_k
     if top_p < 1.0:
-        # Rows are normalised log-probs, so without top-k the total mass is one.
-        q = p / p.sum(-1, keepdim=True) if top_k else p
-        cum = q.cumsum(-1)
-        n_keep = ((cum - q) < top_p).sum(-1, keepdim=True).clamp_min(1)
-        tau = v.gather(1, n_keep - 1).squeeze(1)
-        if not full:
-            ok = cum.gather(1, n_keep - 1).squeeze(1) >= top_p
-    if not full:
-        ok = ok & (v[:, -1] < (bound if top_k else tau))
-    mass = torch.where(v >= tau[:, None], v.double().exp(), 0.0).sum(-1)
+        q = p / p.sum(-1, keepdim=True)
+        before = q.cumsum(-1) - q
+        # Only top-k tokens count: with p within rounding of 1 the zero-weight tail
+        # would otherwise pass ``before < p`` too.
+        n_keep = torch.minimum((before < top_p).sum(-1, keepdim=True), in_k.sum(-1, keepdim=True))
+        tau = v.gather(1, n_keep.clamp_min(1) - 1).squeeze(1)
+    ok = torch.ones_like(tau_k, dtype=torch.bool) if full else v[:, -1] < tau_k
+    mass = torch.where(v >= tau[:, None], p, 0.0).sum(-1)
     return tau, mass.log(), ok
 
 
 def row_chunks(n: int, vocab: int, device: torch.device) -> list[slice]:
-    """Row offsets for processing (n, vocab) in chunks that stay in the CPU cache.
+    """Row slices for processing (n, vocab) in chunks that stay in the CPU cache.
 
     On CPU a pass over a chunk of about two million entries runs from the cache, several
     times faster than the same pass over a whole (B * L, K) tensor; elsewhere one chunk
@@ -145,24 +142,63 @@ def _members(bucket: Tensor, crossing: Tensor, ws: Workspace) -> tuple[Tensor, T
     which scans eight times fewer elements than ``nonzero`` on the mask itself."""
     r, vocab = bucket.shape
     n = r * vocab
-    words = -(-n // 8)
-    flat = ws.get("inside", (8 * words,), torch.bool, bucket.device)
-    flat[n:] = False
-    torch.eq(bucket, crossing, out=flat[:n].view(r, vocab))
-    hit = flat.view(torch.int64).nonzero().squeeze(1)
+    mask = ws.get("inside", (8 * -(-n // 8),), torch.bool, bucket.device)
+    mask[n:] = False
+    torch.eq(bucket, crossing, out=mask[:n].view(r, vocab))
+    hit = mask.view(torch.int64).nonzero().squeeze(1)
     pos = (8 * hit[:, None] + torch.arange(8, device=bucket.device)).flatten()
-    pos = pos[flat[pos]]
+    pos = pos[mask[pos]]
     return pos // vocab, pos % vocab
 
 
+def _tied_rows(lp: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Which of ``rows`` of ``lp`` (r, K) have all finite entries equal (an untrained
+    model: uniform, perhaps with a -inf mask token). Returns (tied, log_tau, log_mass),
+    (r,) each; the last two are meaningful where ``tied``."""
+    tied = torch.zeros(lp.shape[0], dtype=torch.bool, device=lp.device)
+    tau = lp.new_zeros(lp.shape[0])
+    mass = torch.ones(lp.shape[0], dtype=torch.float64, device=lp.device)
+    if rows.numel():
+        sub = lp[rows]
+        finite = sub > float("-inf")
+        tau[rows] = sub.amax(-1)
+        tied[rows] = tau[rows] == torch.where(finite, sub, float("inf")).amin(-1)
+        mass[rows] = finite.sum(-1) * tau[rows].double().exp()
+    return tied, tau, mass.log()
+
+
+def _crossing_thresholds(lp: Tensor, row: Tensor, col: Tensor, above: Tensor, top_p: float
+                         ) -> tuple[Tensor, Tensor]:
+    """Threshold inside each row's crossing bucket, whose tokens are ``lp[row, col]``
+    (grouped by row) and whose mass above is ``above`` (r,) float64. Sorts only those
+    tokens. Returns (log_tau, log_mass) (r,); a row with no tokens keeps everything."""
+    r = lp.shape[0]
+    vals = lp[row, col]
+    count = torch.bincount(row, minlength=r)
+    order = vals.sort(descending=True, stable=True).indices
+    order = order[row[order].sort(stable=True).indices]  # by row, then by value
+    row, vals = row[order], vals[order]
+    slot = torch.arange(row.numel(), device=lp.device) - (count.cumsum(0) - count)[row]
+    v = lp.new_full((r, max(int(count.max()), 1) if row.numel() else 1), float("-inf"))
+    v[row, slot] = vals
+    q = v.double().exp()
+    before = above[:, None] + q.cumsum(-1) - q
+    n_keep = torch.minimum((before < top_p).sum(-1, keepdim=True), count[:, None]).clamp_min(1)
+    # No tokens: the float32 bucket masses never reached p, so everything is kept.
+    tau = torch.where(count[:, None] > 0, v.gather(1, n_keep - 1), float("-inf")).squeeze(1)
+    return tau, (above + torch.where(v >= tau[:, None], q, 0.0).sum(-1)).log()
+
+
 def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor]:
-    """Exact top-p thresholds for rows of normalised log-probs (r, K), no sort of the rows.
+    """top-p thresholds for rows of normalised log-probs (r, K) without sorting the rows.
 
     Every token goes to a bucket given by the top bits of its float32 probability
     (exponent and :data:`_MANTISSA_BITS` mantissa bits: buckets about 6% wide, ordered
     like the probabilities). One scatter-add gives each bucket's mass; counted from the
     top, the bucket where the mass reaches p holds the threshold, and only its tokens
-    (a few per thousand in a broad row) are sorted. Returns (log_tau, log_mass) (r,).
+    (a few per thousand in a broad row) are sorted. The result is exact up to float32
+    rounding of the bucket masses (below float32 log-softmax's own normalisation error).
+    Returns (log_tau, log_mass) (r,).
     """
     r, vocab = lp.shape
     device = lp.device
@@ -175,38 +211,18 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
     torch.bitwise_right_shift(p32.view(torch.int32), 23 - _MANTISSA_BITS, out=bucket)
     hist = ws.get("hist", (r, _BUCKETS), p.dtype, device).zero_().scatter_add_(1, bucket, p)
     from_top = hist.double().flip(-1).cumsum(-1)
+    if bool(from_top[:, -1].isnan().any()):
+        raise ValueError("the denoiser returned NaN log-probabilities; check the model and its inputs")
     j = (from_top < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
-    above = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)), 0.0)  # (r, 1)
+    above = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)), 0.0).squeeze(1)
     row, col = _members(bucket, _BUCKETS - 1 - j, ws)
     count = torch.bincount(row, minlength=r)
-    flat = torch.zeros(r, dtype=torch.bool, device=device)
-    crowded = (count > _MAX_MEMBERS).nonzero().squeeze(1)
-    if crowded.numel():  # e.g. an untrained model's uniform rows: all tied, all kept
-        sub = lp[crowded]
-        flat[crowded] = sub.amax(-1) == sub.amin(-1)
-        if bool(flat.any()):
-            keep = ~flat[row]
-            row, col = row[keep], col[keep]
-            count = torch.where(flat, 0, count)
-    vals = lp[row, col]
-    order = vals.sort(descending=True, stable=True).indices
-    order = order[row[order].sort(stable=True).indices]  # by row, then by value
-    row, vals = row[order], vals[order]
-    slot = torch.arange(row.numel(), device=device) - (count.cumsum(0) - count)[row]
-    width = max(int(count.max()), 1) if row.numel() else 1
-    v = lp.new_full((r, width), float("-inf"))
-    v[row, slot] = vals
-    q = v.double().exp()
-    before = above + q.cumsum(-1) - q
-    n_keep = torch.minimum((before < top_p).sum(-1, keepdim=True), count[:, None]).clamp_min(1)
-    # A row whose float32 bucket masses never reach p keeps everything (tau = -inf).
-    tau = torch.where(count[:, None] > 0, v.gather(1, n_keep - 1), float("-inf")).squeeze(1)
-    mass = above.squeeze(1) + torch.where(v >= tau[:, None], q, 0.0).sum(-1)
-    if bool(flat.any()):
-        hi = lp[:, 0]  # a flat row is constant
-        tau = torch.where(flat, hi, tau)
-        mass = torch.where(flat, vocab * hi.double().exp(), mass)
-    return tau, mass.log()
+    tied, tied_tau, tied_mass = _tied_rows(lp, (count > _MAX_MEMBERS).nonzero().squeeze(1))
+    if bool(tied.any()):  # sorting a whole tied row would be slow and pointless: keep all
+        keep = ~tied[row]
+        row, col = row[keep], col[keep]
+    tau, log_mass = _crossing_thresholds(lp, row, col, above, top_p)
+    return torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass)
 
 
 def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
@@ -233,9 +249,9 @@ def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
     width = min(vocab, top_k + 1)
     full = width >= vocab
     top = log_probs.sort(-1, descending=True) if full else log_probs.topk(width, -1)
-    log_tau, log_mass, windowed = _resolve(top.values, top_p, top_k, full)
+    log_tau, log_mass, windowed = _resolve_top_k(top.values, top_p, top_k, full)
     todo = (~windowed).nonzero().squeeze(1)
     if todo.numel():
-        tau, mass, _ = _resolve(log_probs[todo].sort(-1, descending=True).values, top_p, top_k, True)
+        tau, mass, _ = _resolve_top_k(log_probs[todo].sort(-1, descending=True).values, top_p, top_k, True)
         log_tau[todo], log_mass[todo] = tau, mass
     return Thresholds(log_tau, log_mass, top.values, top.indices, windowed)

@@ -26,6 +26,7 @@ from .filters import Thresholds, filter_active, row_chunks, row_thresholds
 from .workspace import Workspace
 
 Weight = Tensor | float
+_BLOCK = 256  # tokens per block of the two-level draw
 
 
 @dataclass(frozen=True)
@@ -151,18 +152,18 @@ def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, th: Thresholds | None,
     return picked
 
 
-_BLOCK = 256
-
-
 def blocked_draw(weights: Tensor, u: Tensor) -> Tensor:
-    """Categorical draws from non-negative weights (r, K) with uniforms u (r,), in two
-    levels: a block of ``_BLOCK`` tokens by its float64 block mass, then a token inside
-    it. Two cheap passes instead of a cumulative sum over the whole row; a zero-weight
-    token is never drawn. Returns (r,) ids."""
-    r, vocab = weights.shape
-    nb, main = vocab // _BLOCK, (vocab // _BLOCK) * _BLOCK
-    # Block sums in the weights' dtype (a float64 sum would first copy the whole row),
-    # accumulated across blocks in float64.
+    """Categorical draws from non-negative weights (r, K) with uniforms u (r,).
+
+    Two levels: a block of ``_BLOCK`` tokens by its mass (summed in the weights' dtype,
+    accumulated over blocks in float64), then a token inside it by a float64 cumulative
+    sum of that block only: two cheap passes instead of a cumulative sum over the row.
+    A zero-weight token is never drawn. Returns (r,) ids.
+    """
+    vocab = weights.shape[1]
+    nb = vocab // _BLOCK
+    main = nb * _BLOCK
+    # A float64 sum would first copy the whole row to float64.
     parts = [weights[:, :main].unflatten(1, (nb, _BLOCK)).sum(-1)]
     if main < vocab:
         parts.append(weights[:, main:].sum(-1, keepdim=True))
@@ -173,10 +174,11 @@ def blocked_draw(weights: Tensor, u: Tensor) -> Tensor:
     cols = block * _BLOCK + torch.arange(_BLOCK, device=weights.device)
     inner = torch.where(cols < vocab, weights.gather(1, cols.clamp_max(vocab - 1)).double(), 0.0)
     inner = inner.cumsum_(-1)
-    # Block sums and the in-block cumulative sum round differently: stay inside the block.
-    rest = torch.minimum(target[:, None] - before, inner[:, -1:] * (1.0 - 1e-12))
-    j = torch.searchsorted(inner, rest, right=True).clamp_max(_BLOCK - 1)
-    return cols.gather(1, j).squeeze(1)
+    j = torch.searchsorted(inner, target[:, None] - before, right=True)
+    # Block sums and the in-block cumulative sum round differently: never step past the
+    # block's last positive weight.
+    last = (inner < inner[:, -1:]).sum(-1, keepdim=True)
+    return cols.gather(1, torch.minimum(j, last)).squeeze(1)
 
 
 def x_at_z(log_probs: Tensor, z: Tensor, thresholds: Thresholds | None) -> Tensor:
