@@ -151,7 +151,7 @@ def _members(bucket: Tensor, crossing: Tensor, ws: Workspace) -> tuple[Tensor, T
     return pos // vocab, pos % vocab
 
 
-def _tied_rows(lp: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+def _tied_rows(lp: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Which of ``rows`` of ``lp`` (r, K) have all finite entries equal (an untrained
     model: uniform, perhaps with a -inf mask token). Returns (tied, log_tau, log_mass),
     (r,) each; the last two are meaningful where ``tied``."""
