@@ -10,12 +10,13 @@ import torch
 from duo.processes import absorbing
 from duo.samplers import (
     AncestralSampler, Conditioning, KappaRule, PsiSampler, StepTime, generate, generate_ar,
-    get_process, get_sampler, row_thresholds, step_probs, time_grid, top_k_filter,
+    Thresholds, get_process, get_sampler, row_thresholds, step_probs, time_grid, top_k_filter,
     top_p_filter,
 )
 from duo.samplers.ancestral import reverse_step
+from duo.samplers.blocks import block_sums, blocked_draw, pick
 from duo.samplers.filters import filter_probs
-from duo.samplers.mixture import blocked_draw, inverse_cdf as dense_inverse_cdf, x_at_z
+from duo.samplers.mixture import Mixture, draw, inverse_cdf as dense_inverse_cdf, x_at_z
 from duo.schedules import get_schedule
 
 K = 12
@@ -362,6 +363,41 @@ def test_draws_from_a_broad_nucleus_follow_the_filtered_distribution():
     want = step_probs(get_process("uniform"), lp[None, None], z[:1], 1.0, 1e-9, top_p=0.9)[0, 0]
     assert 100 < int((want > 0).sum()) < vocab  # wider than the 64-token window
     assert chi_square(freq, want, n) < 300.0  # df ~ 180: mean 180, sd 19
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.25])
+def test_proposals_from_block_masses_follow_the_filtered_distribution(top_p):
+    """Rows over several token blocks draw by proposal and acceptance (most of the
+    proposals are rejected at top-p 0.25, which then go to the exact redraw)."""
+    vocab, n = 700, 60000
+    lp = (1.5 * torch.randn(vocab, generator=torch.Generator().manual_seed(4))).log_softmax(-1)
+    th = row_thresholds(lp[None], top_p)
+    assert th.block_mass is not None and th.block_mass.shape == (1, 3)
+    m = Mixture(keep=0.0, mask=0.0, uniform=0.0, x=1.0)
+    z = torch.zeros(n, 1, dtype=torch.long)
+    flat = lp.expand(n, vocab)[:, None]
+    ths = Thresholds(th.log_tau.expand(n), th.log_mass.expand(n), block_mass=th.block_mass.expand(n, 3))
+    out = draw(m, flat, z, mask_id=None, uses_noise=True, thresholds=ths, top_p=top_p, top_k=0,
+               generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out.flatten(), minlength=vocab).double() / n
+    want = filter_probs(lp.double().exp()[None, None], top_p)[0, 0]
+    kept = int((want > 0).sum())
+    assert kept > 3
+    # chi-square with kept - 1 degrees of freedom: mean kept - 1, sd sqrt(2 (kept - 1))
+    assert chi_square(freq, want, n) < kept + 6 * math.sqrt(2 * kept)
+
+
+def test_pick_draws_blocks_by_their_mass_and_tokens_inside_them():
+    weights = torch.zeros(2, 600, dtype=torch.float64)
+    weights[:, 10] = weights[:, 300] = weights[:, 599] = 1.0
+    mass = block_sums(weights)
+    assert torch.equal(mass, torch.tensor([[1.0, 1.0, 1.0]] * 2, dtype=torch.float64))
+    u = torch.tensor([0.1, 0.5], dtype=torch.float64)
+    got = pick(mass, u, 600, lambda cols: weights.gather(1, cols))
+    assert got.tolist() == [10, 300]
+    # the last block is partial: ids past the vocabulary never come out
+    assert pick(mass, torch.tensor([0.99, 1 - 2**-53], dtype=torch.float64), 600,
+                lambda cols: weights.gather(1, cols)).tolist() == [599, 599]
 
 
 # ---------------------------------------------------------------------------- caching

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .blocks import block_sums
 from .workspace import Workspace
 
 _MANTISSA_BITS = 4  # 16 buckets per factor of two in probability
@@ -86,6 +87,9 @@ class Thresholds:
     Shapes (N,): ``log_tau`` in the log-probs' dtype, ``log_mass`` float64. Where
     ``windowed`` is True every kept token is among the row's ``window_ids`` (N, w) with
     log-probs ``window_lp`` (N, w), so a draw needs only the window, not the row.
+    ``block_mass`` (N, ceil(K / BLOCK)), when present, holds the unfiltered probability
+    mass of each block of tokens (:mod:`duo.samplers.blocks`), kept from the pass that
+    found the thresholds so that a draw can propose a token without another pass.
     """
 
     log_tau: Tensor
@@ -93,12 +97,14 @@ class Thresholds:
     window_lp: Tensor | None = None
     window_ids: Tensor | None = None
     windowed: Tensor | None = None
+    block_mass: Tensor | None = None
 
     def take(self, rows: Tensor) -> "Thresholds":
-        if self.windowed is None:
-            return Thresholds(self.log_tau[rows], self.log_mass[rows])
-        return Thresholds(self.log_tau[rows], self.log_mass[rows], self.window_lp[rows],
-                          self.window_ids[rows], self.windowed[rows])
+        def sub(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[rows]
+
+        return Thresholds(self.log_tau[rows], self.log_mass[rows], sub(self.window_lp),
+                          sub(self.window_ids), sub(self.windowed), sub(self.block_mass))
 
 
 def _resolve_top_k(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -189,7 +195,7 @@ def _crossing_thresholds(lp: Tensor, row: Tensor, col: Tensor, above: Tensor, to
     return tau, (above + torch.where(v >= tau[:, None], q, 0.0).sum(-1)).log()
 
 
-def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor]:
+def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
     """top-p thresholds for rows of normalised log-probs (r, K) without sorting the rows.
 
     Every token goes to a bucket given by the top bits of its float32 probability
@@ -198,7 +204,8 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
     top, the bucket where the mass reaches p holds the threshold, and only its tokens
     (a few per thousand in a broad row) are sorted. The result is exact up to float32
     rounding of the bucket masses (below float32 log-softmax's own normalisation error).
-    Returns (log_tau, log_mass) (r,).
+    Returns (log_tau, log_mass) (r,) and the rows' block masses (r, nb) (a cheap extra
+    reduction while the probabilities are in the cache).
     """
     r, vocab = lp.shape
     device = lp.device
@@ -210,6 +217,7 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
     bucket = ws.get("bucket", lp.shape, torch.long, device)
     torch.bitwise_right_shift(p32.view(torch.int32), 23 - _MANTISSA_BITS, out=bucket)
     hist = ws.get("hist", (r, _BUCKETS), p.dtype, device).zero_().scatter_add_(1, bucket, p)
+    blocks = block_sums(p)
     from_top = hist.double().flip(-1).cumsum(-1)
     if bool(from_top[:, -1].isnan().any()):
         raise ValueError("the denoiser returned NaN log-probabilities; check the model and its inputs")
@@ -222,7 +230,7 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
         keep = ~tied[row]
         row, col = row[keep], col[keep]
     tau, log_mass = _crossing_thresholds(lp, row, col, above, top_p)
-    return torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass)
+    return torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass), blocks
 
 
 def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
@@ -243,9 +251,11 @@ def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
     if not top_k:
         log_tau = log_probs.new_empty(n)
         log_mass = torch.empty(n, dtype=torch.float64, device=device)
+        blocks = []
         for rows in row_chunks(n, vocab, device):
-            log_tau[rows], log_mass[rows] = _top_p_chunk(log_probs[rows], top_p, ws)
-        return Thresholds(log_tau, log_mass)
+            log_tau[rows], log_mass[rows], mass = _top_p_chunk(log_probs[rows], top_p, ws)
+            blocks.append(mass)
+        return Thresholds(log_tau, log_mass, block_mass=torch.cat(blocks))
     width = min(vocab, top_k + 1)
     full = width >= vocab
     top = log_probs.sort(-1, descending=True) if full else log_probs.topk(width, -1)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .blocks import blocked_draw, pick
 from .filters import Thresholds, filter_active, row_chunks, row_thresholds
 from .workspace import Workspace
 
 Weight = Tensor | float
-_BLOCK = 256  # tokens per block of the two-level draw
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,16 @@ def draw(
 ) -> Tensor:
     """Sample every position of ``z`` (B, L) from mixture ``m``; returns int64 ids (B, L).
 
-    The random numbers drawn do not depend on the weights, so two samplers with equal
-    weights give equal tokens under the same generator state.
+    How many random numbers are drawn depends only on the shapes and the filter
+    settings, so two samplers with equal weights give equal tokens under the same
+    generator state.
     """
     b, l, vocab = log_probs.shape
     opts = dict(generator=generator, device=z.device)
     u = torch.rand((b, l), dtype=torch.float64, **opts)
     u_x = torch.rand((b, l), dtype=torch.float64, **opts)
+    # A second uniform per position for draws from a filtered x_theta (see _sample_rows).
+    u_retry = torch.rand((b, l), dtype=torch.float64, **opts) if filter_active(top_p, top_k, vocab) else u_x
     c_keep = m.keep + torch.zeros_like(u)
     c_mask = c_keep + m.mask
     out = torch.where(u < c_keep, z, z if mask_id is None else torch.full_like(z, mask_id))
@@ -109,36 +112,47 @@ def draw(
         if thresholds is not None:
             thresholds = thresholds.take(rows)
         picked = _sample_rows(log_probs.reshape(-1, vocab), rows, u_x.reshape(-1)[rows],
-                              thresholds, top_p, top_k, workspace or Workspace())
+                              u_retry.reshape(-1)[rows], thresholds, top_p, top_k,
+                              workspace or Workspace())
         out = out.reshape(-1).index_put((rows,), picked).reshape(b, l)
     return out
 
 
-def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, th: Thresholds | None,
+def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, u_retry: Tensor, th: Thresholds | None,
                  top_p: float, top_k: int, ws: Workspace) -> Tensor:
-    """Draw from the filtered prediction of rows ``rows`` of ``flat`` (N, K); ``th`` is
-    for those rows or None (then computed here). Returns (n,) ids."""
+    """Draw from the filtered prediction of rows ``rows`` of ``flat`` (N, K) with uniforms
+    ``u`` and ``u_retry`` (n,); ``th`` is for those rows or None (then computed here).
+    Returns (n,) ids."""
     n, vocab = rows.numel(), flat.shape[1]
     if th is None and filter_active(top_p, top_k, vocab):
         lp = flat[rows] if n < flat.shape[0] else flat
         th = row_thresholds(lp, top_p, top_k, ws)
     picked = torch.empty(n, dtype=torch.long, device=flat.device)
-    in_window = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    todo = torch.arange(n, device=flat.device)
     if th is not None and th.windowed is not None:
         # Rows whose kept set fits in the top-k window: draw among the window only.
-        in_window = th.windowed
-        win = in_window.nonzero().squeeze(1)
+        win = th.windowed.nonzero().squeeze(1)
         if win.numel():
             vals = th.window_lp[win]
             w = torch.where(vals >= th.log_tau[win, None], vals.double().exp(), 0.0)
             j = search_cdf(w.cumsum(-1), u[win])
             picked[win] = th.window_ids[win].gather(1, j[:, None]).squeeze(1)
-    rest = (~in_window).nonzero().squeeze(1)
-    for part in row_chunks(rest.numel(), vocab, flat.device):
-        sel = rest[part]
+        todo = (~th.windowed).nonzero().squeeze(1)
+    elif th is not None and th.block_mass is not None:
+        # Propose from the unfiltered prediction by the block masses kept from the
+        # threshold pass and keep a proposal inside the filter (a nucleus holds >= top_p
+        # of the mass, so most are kept); the others draw from the filtered rows with
+        # an independent uniform. Accepted or redrawn, a token j comes out with
+        # probability p_j + (1 - mass) * p_j / mass = p_j / mass: the filtered law.
+        src = rows
+        prop = pick(th.block_mass, u, vocab, lambda cols: flat[src[:, None], cols].double().exp())
+        todo = (flat[src, prop] < th.log_tau).nonzero().squeeze(1)
+        picked.copy_(prop)
+        u = u_retry
+    for part in row_chunks(todo.numel(), vocab, flat.device):
+        sel = todo[part]
         r = sel.numel()
-        src = rows[sel]
-        w = torch.index_select(flat, 0, src, out=ws.get("rows", (r, vocab), flat.dtype, flat.device))
+        w = torch.index_select(flat, 0, rows[sel], out=ws.get("rows", (r, vocab), flat.dtype, flat.device))
         if w.dtype not in (torch.float32, torch.float64):  # draw bfloat16 predictions in float32
             w = ws.get("rows32", (r, vocab), torch.float32, flat.device).copy_(w)
         drop = None
@@ -150,35 +164,6 @@ def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, th: Thresholds | None,
             w.masked_fill_(drop, 0.0)
         picked[sel] = blocked_draw(w, u[sel])
     return picked
-
-
-def blocked_draw(weights: Tensor, u: Tensor) -> Tensor:
-    """Categorical draws from non-negative weights (r, K) with uniforms u (r,).
-
-    Two levels: a block of ``_BLOCK`` tokens by its mass (summed in the weights' dtype,
-    accumulated over blocks in float64), then a token inside it by a float64 cumulative
-    sum of that block only: two cheap passes instead of a cumulative sum over the row.
-    A zero-weight token is never drawn. Returns (r,) ids.
-    """
-    vocab = weights.shape[1]
-    nb = vocab // _BLOCK
-    main = nb * _BLOCK
-    # A float64 sum would first copy the whole row to float64.
-    parts = [weights[:, :main].unflatten(1, (nb, _BLOCK)).sum(-1)]
-    if main < vocab:
-        parts.append(weights[:, main:].sum(-1, keepdim=True))
-    cum = torch.cat(parts, 1).double().cumsum_(-1)
-    target = u * cum[:, -1]
-    block = torch.searchsorted(cum, target[:, None], right=True).clamp_max(cum.shape[1] - 1)
-    before = torch.where(block > 0, cum.gather(1, (block - 1).clamp_min(0)), 0.0)
-    cols = block * _BLOCK + torch.arange(_BLOCK, device=weights.device)
-    inner = torch.where(cols < vocab, weights.gather(1, cols.clamp_max(vocab - 1)).double(), 0.0)
-    inner = inner.cumsum_(-1)
-    j = torch.searchsorted(inner, target[:, None] - before, right=True)
-    # Block sums and the in-block cumulative sum round differently: never step past the
-    # block's last positive weight.
-    last = (inner < inner[:, -1:]).sum(-1, keepdim=True)
-    return cols.gather(1, torch.minimum(j, last)).squeeze(1)
 
 
 def x_at_z(log_probs: Tensor, z: Tensor, thresholds: Thresholds | None) -> Tensor:
