@@ -17,6 +17,7 @@ the bucket that holds the threshold), so the samplers never build a filtered
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -195,17 +196,27 @@ def _crossing_thresholds(lp: Tensor, row: Tensor, col: Tensor, above: Tensor, to
     return tau, (above + torch.where(v >= tau[:, None], q, 0.0).sum(-1)).log()
 
 
-def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
-    """top-p thresholds for rows of normalised log-probs (r, K) without sorting the rows.
+@dataclass(frozen=True)
+class _Crossing:
+    """What one chunk's bucket pass found (see :func:`_bucket_pass`)."""
+
+    above: Tensor  # (r,) float64 mass of the buckets above the crossing one
+    row: Tensor  # (m,) rows (within the chunk) of the crossing bucket's tokens
+    col: Tensor  # (m,) their token ids
+    block_mass: Tensor  # (r, nb) unfiltered block masses
+    nan: Tensor  # () bool: some row holds NaN
+
+
+def _bucket_pass(lp: Tensor, top_p: float, ws: Workspace) -> _Crossing:
+    """The passes over a chunk of rows of normalised log-probs (r, K) for top-p.
 
     Every token goes to a bucket given by the top bits of its float32 probability
     (exponent and :data:`_MANTISSA_BITS` mantissa bits: buckets about 6% wide, ordered
     like the probabilities). One scatter-add gives each bucket's mass; counted from the
     top, the bucket where the mass reaches p holds the threshold, and only its tokens
-    (a few per thousand in a broad row) are sorted. The result is exact up to float32
-    rounding of the bucket masses (below float32 log-softmax's own normalisation error).
-    Returns (log_tau, log_mass) (r,) and the rows' block masses (r, nb) (a cheap extra
-    reduction while the probabilities are in the cache).
+    (a few per thousand in a broad row) are gathered, to be sorted later for all rows at
+    once (:func:`_top_p_thresholds`). The block masses are a cheap extra reduction
+    while the probabilities are in the cache.
     """
     r, vocab = lp.shape
     device = lp.device
@@ -214,23 +225,40 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
         src = ws.get("lp32", lp.shape, torch.float32, device).copy_(lp)
     p = torch.exp(src, out=ws.get("p", lp.shape, src.dtype, device))
     p32 = p if p.dtype == torch.float32 else ws.get("p32", lp.shape, torch.float32, device).copy_(p)
-    bucket = ws.get("bucket", lp.shape, torch.long, device)
-    torch.bitwise_right_shift(p32.view(torch.int32), 23 - _MANTISSA_BITS, out=bucket)
+    # Widen, then shift in place: a shift of int32 into an int64 ``out`` is ~3x slower.
+    bucket = ws.get("bucket", lp.shape, torch.long, device).copy_(p32.view(torch.int32))
+    bucket.bitwise_right_shift_(23 - _MANTISSA_BITS)
     hist = ws.get("hist", (r, _BUCKETS), p.dtype, device).zero_().scatter_add_(1, bucket, p)
-    blocks = block_sums(p)
     from_top = hist.double().flip(-1).cumsum(-1)
-    if bool(from_top[:, -1].isnan().any()):
-        raise ValueError("the denoiser returned NaN log-probabilities; check the model and its inputs")
     j = (from_top < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
     above = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)), 0.0).squeeze(1)
     row, col = _members(bucket, _BUCKETS - 1 - j, ws)
-    count = torch.bincount(row, minlength=r)
+    return _Crossing(above, row, col, block_sums(p), from_top[:, -1].isnan().any())
+
+
+def _top_p_thresholds(lp: Tensor, top_p: float, ws: Workspace) -> Thresholds:
+    """top-p thresholds of rows of normalised log-probs (N, K) without sorting the rows:
+    bucket passes over cache-sized chunks of rows, then one sort of the crossing
+    buckets' tokens of all rows. Exact up to float32 rounding of the bucket masses
+    (below float32 log-softmax's own normalisation error)."""
+    n, vocab = lp.shape
+    parts = []
+    for rows in row_chunks(n, vocab, lp.device):
+        part = _bucket_pass(lp[rows], top_p, ws)
+        parts.append(dataclasses.replace(part, row=part.row + rows.start))
+    if bool(torch.stack([part.nan for part in parts]).any()):
+        raise ValueError("the denoiser returned NaN log-probabilities; check the model and its inputs")
+    row = torch.cat([part.row for part in parts])
+    col = torch.cat([part.col for part in parts])
+    above = torch.cat([part.above for part in parts])
+    count = torch.bincount(row, minlength=n)
     tied, tied_tau, tied_mass = _tied_rows(lp, (count > _MAX_MEMBERS).nonzero().squeeze(1))
     if bool(tied.any()):  # sorting a whole tied row would be slow and pointless: keep all
         keep = ~tied[row]
         row, col = row[keep], col[keep]
     tau, log_mass = _crossing_thresholds(lp, row, col, above, top_p)
-    return torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass), blocks
+    return Thresholds(torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass),
+                      block_mass=torch.cat([part.block_mass for part in parts]))
 
 
 def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
@@ -239,23 +267,15 @@ def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
 
     top-k (alone or before top-p): the top ``top_k + 1`` entries of each row decide the
     threshold, and the draw needs only them; rows with ties across the window edge are
-    sorted. top-p alone: a bucketed histogram of each row (:func:`_top_p_chunk`),
-    computed in cache-sized chunks of rows.
+    sorted. top-p alone: a bucketed histogram of each row (:func:`_top_p_thresholds`).
     """
     n, vocab = log_probs.shape
     if not filter_active(top_p, top_k, vocab):
         return None
     ws = workspace or Workspace()
-    device = log_probs.device
     top_k = top_k if 0 < top_k < vocab else 0
     if not top_k:
-        log_tau = log_probs.new_empty(n)
-        log_mass = torch.empty(n, dtype=torch.float64, device=device)
-        blocks = []
-        for rows in row_chunks(n, vocab, device):
-            log_tau[rows], log_mass[rows], mass = _top_p_chunk(log_probs[rows], top_p, ws)
-            blocks.append(mass)
-        return Thresholds(log_tau, log_mass, block_mass=torch.cat(blocks))
+        return _top_p_thresholds(log_probs, top_p, ws)
     width = min(vocab, top_k + 1)
     full = width >= vocab
     top = log_probs.sort(-1, descending=True) if full else log_probs.topk(width, -1)
