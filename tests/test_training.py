@@ -109,6 +109,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_corpus, duo_cache
         (["algo=ar", "algo.tau=0.1"], "unknown key algo.tau"),
         (["trainer.batch_size=10", "trainer.micro_batch_size=4"], None),
         (["oops"], "not key=value"),
+        (["trainer.strategy=fsdp"], "does not support yet; add trainer.ema=0"),
     ],
 )
 def test_bad_config_gives_one_line_errors(overrides, match, tmp_path):
@@ -157,3 +158,17 @@ def test_times_are_stratified_over_the_global_batch_and_noise_differs_per_rank()
     u = torch.rand((), generator=u_gen, dtype=torch.float64)
     assert torch.allclose(torch.cat(times), antithetic_times(16, u=u))
     assert len(seeds) == 4
+
+
+def test_ema_refuses_parameters_a_sharding_strategy_has_flattened():
+    """FSDP (use_orig_params) leaves each parameter a flat view of the local shard; the
+    EMA must say so at fit start instead of averaging mismatched tensors."""
+    from duo.training.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    ema = EMA(net, 0.99)
+    ema.check_matches(net)  # unchanged parameters pass
+    with torch.no_grad():
+        net[0].weight.data = net[0].weight.data.flatten()[:5].clone()  # a rank's shard
+    with pytest.raises(RuntimeError, match="needs unsharded parameters.*trainer.ema=0"):
+        ema.check_matches(net)

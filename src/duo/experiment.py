@@ -66,6 +66,9 @@ class TrainerConfig:
             raise ConfigError(f"trainer.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"trainer.ema={self.ema} must lie in [0, 1) (0 disables EMA)")
+        if "fsdp" in str(self.strategy).lower() and self.ema > 0:
+            raise ConfigError(f"trainer.strategy={self.strategy!r} shards the weights, which the EMA "
+                              "(trainer.ema) does not support yet; add trainer.ema=0 or use trainer.strategy=ddp")
         bad = sorted(set(self.loggers) - {"csv", "tensorboard", "wandb"})
         if bad:
             raise ConfigError(f"trainer.loggers has unknown {bad[0]!r}; valid: csv, tensorboard, wandb")

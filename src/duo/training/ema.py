@@ -19,6 +19,22 @@ class EMA:
         self.num_updates = 0
         self.shadow = [p.detach().clone().float() for p in module.parameters()]
 
+    def check_matches(self, module: nn.Module) -> None:
+        """One-line error when ``module``'s parameters no longer have the shadows' shapes.
+
+        A sharding strategy (FSDP with ``use_orig_params``) turns each parameter into a
+        flat view of this rank's shard once it wraps the model; averaging those against
+        full-shape shadows, and saving one rank's shards as the EMA, would be wrong.
+        """
+        params = list(module.parameters())
+        if len(params) != len(self.shadow) or any(
+            p.shape != s.shape for p, s in zip(params, self.shadow)
+        ):
+            raise RuntimeError(
+                "the EMA of the weights needs unsharded parameters, but the training strategy "
+                "sharded them (strategy=fsdp?); use trainer.strategy=ddp or set trainer.ema=0"
+            )
+
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         self.num_updates += 1

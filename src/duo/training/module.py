@@ -113,6 +113,7 @@ class DiffusionLM(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
+            self.ema.check_matches(self.backbone)  # after the strategy has wrapped the model
             self.ema.to(self.device)
 
     # ------------------------------------------------------------- validation
