@@ -57,18 +57,31 @@ def usdm_nelbo(
     """
     K = _check_pair(log_x_theta, z_t, x)
     dtype = torch.float64 if log_x_theta.dtype == torch.float64 else torch.float32
-    a = as_alpha(alpha_t, z_t, "alpha_t").to(dtype)
-    da = as_alpha(dalpha_t, z_t, "dalpha_t").to(dtype)
-    a = a.broadcast_to(z_t.shape)
-    b = (1.0 - a).clamp_min(torch.finfo(dtype).tiny)
-    r = K * a / b  # (B, L)
+    a, da, r = usdm_rates(alpha_t, dalpha_t, z_t, K, dtype)
     log_x_theta = log_x_theta.to(dtype)
     lam = torch.log1p(r[..., None] * log_x_theta.exp()).sum(-1)
     # One gather for both indices: its backward is a single scatter over (B, L, K).
     picked = log_x_theta.gather(-1, torch.stack([z_t, x], -1))  # (B, L, 2)
     log_xh_picked = torch.log1p(r[..., None] * picked.exp())
     a_i, c_x = log_xh_picked.unbind(-1)
-    hit = (z_t == x).to(dtype)
+    return usdm_from_sums(K, a, da, r, (z_t == x).to(dtype), lam, a_i, c_x)
+
+
+def usdm_rates(alpha_t: Tensor | float, dalpha_t: Tensor | float, z_t: Tensor, K: int,
+               dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``alpha``, ``dalpha`` and ``r = K alpha / (1 - alpha)``, each (B, L) in ``dtype``."""
+    a = as_alpha(alpha_t, z_t, "alpha_t").to(dtype).broadcast_to(z_t.shape)
+    da = as_alpha(dalpha_t, z_t, "dalpha_t").to(dtype).broadcast_to(z_t.shape)
+    b = (1.0 - a).clamp_min(torch.finfo(dtype).tiny)
+    return a, da, K * a / b
+
+
+def usdm_from_sums(K: int, a: Tensor, da: Tensor, r: Tensor, hit: Tensor, lam: Tensor,
+                   a_i: Tensor, c_x: Tensor) -> Tensor:
+    """The closed form of :func:`usdm_nelbo` from its per-token pieces (all same shape):
+    ``hit = 1[z_t = x]``, ``lam = sum_j log1p(r x_theta_j)``, ``a_i = log1p(r x_theta[z_t])``,
+    ``c_x = log1p(r x_theta[x])``."""
+    b = (1.0 - a).clamp_min(torch.finfo(a.dtype).tiny)
     log1p_r = torch.log1p(r)
     xh_i = 1.0 + r * hit
     xh_theta_i = torch.exp(a_i)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import relaxation
 from ..duality import DualitySchedule, PolynomialSchedule, diffusion_transform
-from ..losses import usdm_nelbo
+from ..fused_nelbo import usdm_nelbo_from_logits
 from ..processes import uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens, token_loss
@@ -153,4 +153,4 @@ class DuoMethod:
 
 
 def _nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
-    return usdm_nelbo(logits.float().log_softmax(-1), z_t, x, alpha, dalpha)
+    return usdm_nelbo_from_logits(logits, z_t, x, alpha, dalpha)

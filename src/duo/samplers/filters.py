@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from duo.utils.chunks import row_chunks
+
 from .blocks import block_sums
 from .workspace import Workspace
 
@@ -31,8 +33,6 @@ _MANTISSA_BITS = 4  # 16 buckets per factor of two in probability
 # NaN land in the upper half instead of out of range (NaN is then reported).
 _BUCKETS = 1 << (8 + _MANTISSA_BITS)
 _MAX_MEMBERS = 4096  # a crossing bucket this crowded is checked for an all-tied row
-_CPU_CHUNK = 1 << 21  # entries per chunk of rows on CPU (up to 16 MB per buffer)
-_DEVICE_CHUNK = 1 << 25
 
 
 def check_filter(top_p: float, top_k: int) -> None:
@@ -129,18 +129,6 @@ def _resolve_top_k(v: Tensor, top_p: float, top_k: int, full: bool) -> tuple[Ten
     ok = torch.ones_like(tau_k, dtype=torch.bool) if full else v[:, -1] < tau_k
     mass = torch.where(v >= tau[:, None], p, 0.0).sum(-1)
     return tau, mass.log(), ok
-
-
-def row_chunks(n: int, vocab: int, device: torch.device) -> list[slice]:
-    """Row slices for processing (n, vocab) in chunks that stay in the CPU cache.
-
-    On CPU a pass over a chunk of about two million entries runs from the cache, several
-    times faster than the same pass over a whole (B * L, K) tensor; elsewhere one chunk
-    of up to 32M entries keeps the number of kernel launches small.
-    """
-    budget = _CPU_CHUNK if torch.device(device).type == "cpu" else _DEVICE_CHUNK
-    rows = max(1, budget // vocab)
-    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
 def _members(bucket: Tensor, crossing: Tensor, ws: Workspace) -> tuple[Tensor, Tensor]:

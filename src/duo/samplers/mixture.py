@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 
 from .blocks import blocked_draw, pick
-from .filters import Thresholds, filter_active, row_chunks, row_thresholds
+from duo.utils.chunks import row_chunks
+
+from .filters import Thresholds, filter_active, row_thresholds
 from .workspace import Workspace
 
 Weight = Tensor | float

@@ -1,0 +1,86 @@
+"""Duo's NELBO straight from logits, with a hand-written backward (MATH.md section 2).
+
+:func:`duo.losses.usdm_nelbo` on ``log_softmax(logits)`` lets autograd keep every
+(tokens, K) intermediate of the chain log-softmax -> exp -> r x -> log1p for backward:
+at K = 50,257 those tensors, not the transformer, dominate a training step's memory
+and traffic. The only (tokens, K) term of the loss is ``lam = sum_j log1p(r p_j)``
+with ``p = softmax(logits)``, and its gradient has a closed form:
+
+    d lam / d logits_j = w_j - p_j sum_k w_k,   w_j = r p_j / (1 + r p_j),
+
+so this function keeps only the logits and one log-sum-exp per token, and backward
+rebuilds ``p`` and ``w`` in one pass over cache-sized row chunks. The two gathered
+terms (at ``z_t`` and ``x``) and the per-token closed form are small.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .losses import _check_pair, usdm_from_sums, usdm_rates
+from .utils.chunks import row_chunks
+
+
+def _coefficients(K: int, a: Tensor, da: Tensor, r: Tensor, hit: Tensor,
+                  a_i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Derivatives of :func:`usdm_from_sums` with respect to ``lam``, ``a_i`` and ``c_x``."""
+    b = (1.0 - a).clamp_min(torch.finfo(a.dtype).tiny)
+    c = da / (K * a)
+    xh_i = 1.0 + r * hit
+    return c / xh_i, c * (K / (b * torch.exp(a_i)) - (K + r) / xh_i), c * r / xh_i
+
+
+class _NelboFromLogits(torch.autograd.Function):
+    """Rows of logits (N, K) with ids ``z``, ``x`` (N,) and ``a``, ``da``, ``r`` (N,) in the
+    logits' dtype -> per-token NELBO (N,)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, z: Tensor, x: Tensor, a: Tensor, da: Tensor, r: Tensor) -> Tensor:
+        n, K = logits.shape
+        lse = torch.empty(n, dtype=logits.dtype, device=logits.device)
+        lam = torch.empty_like(lse)
+        for rows in row_chunks(n, K, logits.device):
+            part = logits[rows]
+            lse[rows] = torch.logsumexp(part, -1)
+            t = torch.sub(part, lse[rows, None])
+            lam[rows] = t.exp_().mul_(r[rows, None]).log1p_().sum(-1)
+        p_z = (logits.gather(1, z[:, None]).squeeze(1) - lse).exp()
+        p_x = (logits.gather(1, x[:, None]).squeeze(1) - lse).exp()
+        a_i, c_x = torch.log1p(r * p_z), torch.log1p(r * p_x)
+        hit = (z == x).to(logits.dtype)
+        ctx.save_for_backward(logits, lse, z, x, a, da, r, hit, a_i, p_z, p_x)
+        return usdm_from_sums(K, a, da, r, hit, lam, a_i, c_x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, lse, z, x, a, da, r, hit, a_i, p_z, p_x = ctx.saved_tensors
+        n, K = logits.shape
+        g_lam, g_a, g_c = (grad * c for c in _coefficients(K, a, da, r, hit, a_i))
+        w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
+        # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
+        point = g_a * w_z + g_c * w_x
+        out = torch.empty_like(logits)
+        for rows in row_chunks(n, K, logits.device):
+            p = torch.sub(logits[rows], lse[rows, None]).exp_()
+            rp = p * r[rows, None]
+            w = rp.div_(rp + 1.0)
+            total = g_lam[rows] * w.sum(-1) + point[rows]
+            out[rows] = w.mul_(g_lam[rows, None]).sub_(p.mul_(total[:, None]))
+        out.scatter_add_(1, z[:, None], (g_a * w_z)[:, None])
+        out.scatter_add_(1, x[:, None], (g_c * w_x)[:, None])
+        return out, None, None, None, None, None
+
+
+def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tensor | float,
+                           dalpha_t: Tensor | float) -> Tensor:
+    """``usdm_nelbo(log_softmax(logits), z_t, x, alpha_t, dalpha_t)`` per token (B, L),
+    keeping only the logits for backward. ``logits`` (B, L, K) are computed on in
+    float32 (float64 stays float64), also under autocast."""
+    K = _check_pair(logits, z_t, x)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    a, da, r = usdm_rates(alpha_t, dalpha_t, z_t, K, dtype)
+    with torch.autocast(logits.device.type, enabled=False):
+        out = _NelboFromLogits.apply(logits.to(dtype).reshape(-1, K), z_t.reshape(-1), x.reshape(-1),
+                                     a.reshape(-1), da.reshape(-1), r.reshape(-1))
+    return out.view(z_t.shape)

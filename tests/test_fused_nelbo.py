@@ -1,0 +1,74 @@
+"""The NELBO from logits with its hand-written backward against autograd on usdm_nelbo."""
+
+import pytest
+import torch
+
+import duo.utils.chunks as chunks
+from duo.fused_nelbo import usdm_nelbo_from_logits
+from duo.losses import usdm_nelbo
+
+
+def _inputs(K, B=3, L=6, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3.0 * torch.randn(B, L, K, generator=g, dtype=dtype)).requires_grad_()
+    x = torch.randint(0, K, (B, L), generator=g)
+    z = torch.where(torch.rand(B, L, generator=g) < 0.4, x, torch.randint(0, K, (B, L), generator=g))
+    a = torch.tensor([[1e-4], [0.5], [0.9999]], dtype=torch.float64)[:B]
+    da = -(0.5 + torch.rand(B, 1, generator=g, dtype=torch.float64))
+    return logits, z, x, a, da
+
+
+@pytest.mark.parametrize("K", [2, 7, 300])
+@pytest.mark.parametrize("chunk", [None, 25])
+def test_value_and_gradient_equal_autograd_through_log_softmax(K, chunk, monkeypatch):
+    """Over alpha from 1e-4 to 1 - 1e-4, with z_t = x and z_t != x, one chunk or many."""
+    if chunk is not None:
+        monkeypatch.setattr(chunks, "CPU_CHUNK", chunk * K)  # a few rows per chunk
+    logits, z, x, a, da = _inputs(K)
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = usdm_nelbo(logits.log_softmax(-1), z, x, a, da)
+    got = usdm_nelbo_from_logits(logits, z, x, a, da)
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10)
+    g_ref, = torch.autograd.grad((ref * weights).sum(), logits)
+    g_got, = torch.autograd.grad((got * weights).sum(), logits)
+    assert torch.allclose(g_got, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+
+
+def test_gradcheck():
+    logits, z, x, _, da = _inputs(5, B=2, L=3)
+    a = torch.tensor([[0.3], [0.8]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: usdm_nelbo_from_logits(t, z, x, a, da), (logits,))
+
+
+def test_float32_is_as_accurate_as_the_plain_float32_loss():
+    logits, z, x, a, da = _inputs(1000, dtype=torch.float32)
+    exact = usdm_nelbo(logits.double().log_softmax(-1), z, x, a, da)
+
+    def error(t):
+        return float(((t.double() - exact) / exact.abs().clamp_min(1.0)).abs().max())
+
+    got = usdm_nelbo_from_logits(logits, z, x, a, da)
+    assert got.dtype == torch.float32
+    assert error(got) <= 2 * error(usdm_nelbo(logits.log_softmax(-1), z, x, a, da)) + 1e-6
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``fn`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_backward_keeps_only_the_logits():
+    logits, z, x, a, da = _inputs(4000, dtype=torch.float32)
+    size = logits.numel() * 4
+    fused = _saved_bytes(lambda: usdm_nelbo_from_logits(logits, z, x, a, da))
+    plain = _saved_bytes(lambda: usdm_nelbo(logits.log_softmax(-1), z, x, a, da))
+    assert size <= fused < 1.1 * size
+    assert plain > 2.5 * size
