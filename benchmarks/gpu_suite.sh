@@ -18,6 +18,9 @@ section "A: training throughput, small, L=1024"
   timeout 120 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --warmup 3 --compile --loss-chunk-elements 134217728
 } 2>&1 | grep -v Warning | tee -a "$LOG" | grep -E "^\||device" > "$OUT/gpu_perf.md"
 
+section "A2: Duo loss, autograd vs fused backward, 16k tokens"
+timeout 60 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
+
 section "B: curriculum memory at K=50257"
 timeout 60 python benchmarks/curriculum_memory.py --with-model --batch 16 --length 1024 --repeats 1 2>&1 | tee -a "$LOG" | grep -E "^\||K=" >> "$OUT/gpu_perf.md"
 

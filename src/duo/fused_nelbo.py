@@ -40,11 +40,16 @@ class _NelboFromLogits(torch.autograd.Function):
         n, K = logits.shape
         lse = torch.empty(n, dtype=logits.dtype, device=logits.device)
         lam = torch.empty_like(lse)
-        for rows in row_chunks(n, K, logits.device):
+        parts = row_chunks(n, K, logits.device)
+        buf = logits.new_empty(parts[0].stop * K if parts else 0)  # one chunk's buffer, reused
+        for rows in parts:
             part = logits[rows]
-            lse[rows] = torch.logsumexp(part, -1)
-            t = torch.sub(part, lse[rows, None])
-            lam[rows] = t.exp_().mul_(r[rows, None]).log1p_().sum(-1)
+            t = buf[: part.numel()].view(part.shape)
+            top = part.amax(-1, keepdim=True)
+            mass = torch.sub(part, top, out=t).exp_().sum(-1, keepdim=True)
+            lse[rows] = (top + mass.log()).squeeze(1)
+            # log1p(r p) with p = t / mass: the exponentials are computed once.
+            lam[rows] = t.mul_(r[rows, None] / mass).log1p_().sum(-1)
         p_z = (logits.gather(1, z[:, None]).squeeze(1) - lse).exp()
         p_x = (logits.gather(1, x[:, None]).squeeze(1) - lse).exp()
         a_i, c_x = torch.log1p(r * p_z), torch.log1p(r * p_x)
@@ -61,12 +66,16 @@ class _NelboFromLogits(torch.autograd.Function):
         # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
         point = g_a * w_z + g_c * w_x
         out = torch.empty_like(logits)
-        for rows in row_chunks(n, K, logits.device):
-            p = torch.sub(logits[rows], lse[rows, None]).exp_()
-            rp = p * r[rows, None]
-            w = rp.div_(rp + 1.0)
+        parts = row_chunks(n, K, logits.device)
+        bufs = logits.new_empty(3, parts[0].stop * K if parts else 0)  # p, w, 1 + r p of a chunk
+        for rows in parts:
+            shape = logits[rows].shape
+            p, w, den = (b[: shape[0] * K].view(shape) for b in bufs)
+            torch.sub(logits[rows], lse[rows, None], out=p).exp_()
+            torch.mul(p, r[rows, None], out=w)
+            w.div_(torch.add(w, 1.0, out=den))  # r p / (1 + r p), accurate for small r p
             total = g_lam[rows] * w.sum(-1) + point[rows]
-            out[rows] = w.mul_(g_lam[rows, None]).sub_(p.mul_(total[:, None]))
+            torch.mul(w, g_lam[rows, None], out=out[rows]).addcmul_(p, -total[:, None])
         out.scatter_add_(1, z[:, None], (g_a * w_z)[:, None])
         out.scatter_add_(1, x[:, None], (g_c * w_x)[:, None])
         return out, None, None, None, None, None

@@ -1,0 +1,104 @@
+"""Duo's NELBO at a GPT-2 vocabulary: autograd through log-softmax versus the loss from
+logits with its hand-written backward (`duo.fused_nelbo`).
+
+    python benchmarks/loss_speed.py                      # CPU: 1,024 tokens, K = 50,257
+    python benchmarks/loss_speed.py --device cuda --tokens 16384
+
+For each variant: forward + backward time of the loss on float32 logits (min and median
+of ``--repeats`` runs, both variants alternating in one process so they see the same
+machine), and the bytes autograd keeps for backward (counted with saved-tensor hooks;
+on CUDA also the peak memory allocated). The network is left out: this is the part of
+a training step the two variants differ in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from duo.fused_nelbo import usdm_nelbo_from_logits
+from duo.losses import usdm_nelbo
+
+
+def plain(logits, z, x, a, da):
+    return usdm_nelbo(logits.log_softmax(-1), z, x, a, da)
+
+
+VARIANTS = {"autograd (log_softmax + usdm_nelbo)": plain, "fused (usdm_nelbo_from_logits)": usdm_nelbo_from_logits}
+
+
+def saved_bytes(fn) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    dev = torch.device(args.device)
+    g = torch.Generator(device=dev).manual_seed(0)
+    B = 8
+    L = args.tokens // B
+    logits = torch.randn(B, L, args.vocab, device=dev, generator=g)
+    x = torch.randint(0, args.vocab, (B, L), device=dev, generator=g)
+    z = torch.where(torch.rand(B, L, device=dev, generator=g) < 0.5, x,
+                    torch.randint(0, args.vocab, (B, L), device=dev, generator=g))
+    a = torch.rand(B, 1, device=dev, generator=g) * 0.9 + 0.05
+    da = -torch.ones(B, 1, device=dev)
+
+    def step(fn):
+        leaf = logits.detach().requires_grad_()
+        fn(leaf, z, x, a, da).sum().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = {name: [] for name in VARIANTS}
+    peaks = {}
+    for name, fn in VARIANTS.items():
+        step(fn)  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in VARIANTS.items():
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            step(fn)
+            times[name].append(time.perf_counter() - start)
+            if dev.type == "cuda":
+                peaks[name] = torch.cuda.max_memory_allocated() / 2**30
+    rows = []
+    for name, fn in VARIANTS.items():
+        leaf = logits.detach().requires_grad_()
+        kept = saved_bytes(lambda: fn(leaf, z, x, a, da)) / 2**20
+        rows.append({"variant": name, "min_ms": 1e3 * min(times[name]),
+                     "median_ms": 1e3 * statistics.median(times[name]), "saved_mib": kept,
+                     "peak_gib": peaks.get(name)})
+    print(f"N = {B * L} tokens, K = {args.vocab}, {dev}, float32 logits ({B * L * args.vocab * 4 / 2**20:.0f} MiB)")
+    print("| variant | fwd+bwd min (ms) | median (ms) | kept for backward (MiB) | peak (GiB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        print(f"| {r['variant']} | {r['min_ms']:.1f} | {r['median_ms']:.1f} | {r['saved_mib']:.0f} | {peak} |")
+    print(f"speed-up (median): {rows[0]['median_ms'] / rows[1]['median_ms']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
