@@ -517,11 +517,18 @@ def test_top_p_of_uniform_rows_with_a_masked_token_keeps_every_finite_token():
     assert torch.allclose(th.log_mass, torch.zeros(3, dtype=torch.float64), atol=1e-5)
 
 
-def test_nan_log_probs_give_a_clear_error():
+@pytest.mark.parametrize("bits", [0x7FC00000, -4194304])  # NaN, and NaN with the sign bit set
+def test_nan_log_probs_give_a_clear_error(bits):
     lp = torch.randn(2, 300).log_softmax(-1)
-    lp[1, 3] = float("nan")
+    lp[1, 3] = torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0]
+    assert bool(lp[1, 3].isnan())
     with pytest.raises(ValueError, match="NaN log-probabilities"):
         row_thresholds(lp, 0.9)
+
+
+def test_thresholds_of_no_rows():
+    th = row_thresholds(torch.empty(0, 300), 0.9)
+    assert th.log_tau.shape == (0,) and th.block_mass.shape == (0, 2)
 
 
 def test_top_p_thresholds_of_a_large_vocabulary_in_float32():

@@ -17,7 +17,6 @@ the bucket that holds the threshold), so the samplers never build a filtered
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from duo.utils.chunks import row_chunks
 
-from .blocks import block_sums
+from .blocks import BLOCK, block_sums
 from .workspace import Workspace
 
 _MANTISSA_BITS = 4  # 16 buckets per factor of two in probability
@@ -184,27 +183,17 @@ def _crossing_thresholds(lp: Tensor, row: Tensor, col: Tensor, above: Tensor, to
     return tau, (above + torch.where(v >= tau[:, None], q, 0.0).sum(-1)).log()
 
 
-@dataclass(frozen=True)
-class _Crossing:
-    """What one chunk's bucket pass found (see :func:`_bucket_pass`)."""
-
-    above: Tensor  # (r,) float64 mass of the buckets above the crossing one
-    row: Tensor  # (m,) rows (within the chunk) of the crossing bucket's tokens
-    col: Tensor  # (m,) their token ids
-    block_mass: Tensor  # (r, nb) unfiltered block masses
-    nan: Tensor  # () bool: some row holds NaN
-
-
-def _bucket_pass(lp: Tensor, top_p: float, ws: Workspace) -> _Crossing:
-    """The passes over a chunk of rows of normalised log-probs (r, K) for top-p.
+def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
+    """top-p thresholds for rows of normalised log-probs (r, K) without sorting the rows.
 
     Every token goes to a bucket given by the top bits of its float32 probability
     (exponent and :data:`_MANTISSA_BITS` mantissa bits: buckets about 6% wide, ordered
     like the probabilities). One scatter-add gives each bucket's mass; counted from the
     top, the bucket where the mass reaches p holds the threshold, and only its tokens
-    (a few per thousand in a broad row) are gathered, to be sorted later for all rows at
-    once (:func:`_top_p_thresholds`). The block masses are a cheap extra reduction
-    while the probabilities are in the cache.
+    (a few per thousand in a broad row) are sorted. The result is exact up to float32
+    rounding of the bucket masses (below float32 log-softmax's own normalisation error).
+    Returns (log_tau, log_mass) (r,) and the rows' block masses (r, nb), a cheap extra
+    reduction while the probabilities are in the cache.
     """
     r, vocab = lp.shape
     device = lp.device
@@ -212,6 +201,10 @@ def _bucket_pass(lp: Tensor, top_p: float, ws: Workspace) -> _Crossing:
     if lp.dtype not in (torch.float32, torch.float64):  # bfloat16 masses would misplace the crossing
         src = ws.get("lp32", lp.shape, torch.float32, device).copy_(lp)
     p = torch.exp(src, out=ws.get("p", lp.shape, src.dtype, device))
+    blocks = block_sums(p)
+    # Before the scatter: a NaN with its sign bit set would give a negative bucket.
+    if bool(blocks.sum(-1).isnan().any()):
+        raise ValueError("the denoiser returned NaN log-probabilities; check the model and its inputs")
     p32 = p if p.dtype == torch.float32 else ws.get("p32", lp.shape, torch.float32, device).copy_(p)
     # Widen, then shift in place: a shift of int32 into an int64 ``out`` is ~3x slower.
     bucket = ws.get("bucket", lp.shape, torch.long, device).copy_(p32.view(torch.int32))
@@ -221,32 +214,28 @@ def _bucket_pass(lp: Tensor, top_p: float, ws: Workspace) -> _Crossing:
     j = (from_top < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
     above = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)), 0.0).squeeze(1)
     row, col = _members(bucket, _BUCKETS - 1 - j, ws)
-    return _Crossing(above, row, col, block_sums(p), from_top[:, -1].isnan().any())
-
-
-def _top_p_thresholds(lp: Tensor, top_p: float, ws: Workspace) -> Thresholds:
-    """top-p thresholds of rows of normalised log-probs (N, K) without sorting the rows:
-    bucket passes over cache-sized chunks of rows, then one sort of the crossing
-    buckets' tokens of all rows. Exact up to float32 rounding of the bucket masses
-    (below float32 log-softmax's own normalisation error)."""
-    n, vocab = lp.shape
-    parts = []
-    for rows in row_chunks(n, vocab, lp.device):
-        part = _bucket_pass(lp[rows], top_p, ws)
-        parts.append(dataclasses.replace(part, row=part.row + rows.start))
-    if bool(torch.stack([part.nan for part in parts]).any()):
-        raise ValueError("the denoiser returned NaN log-probabilities; check the model and its inputs")
-    row = torch.cat([part.row for part in parts])
-    col = torch.cat([part.col for part in parts])
-    above = torch.cat([part.above for part in parts])
-    count = torch.bincount(row, minlength=n)
+    count = torch.bincount(row, minlength=r)
     tied, tied_tau, tied_mass = _tied_rows(lp, (count > _MAX_MEMBERS).nonzero().squeeze(1))
     if bool(tied.any()):  # sorting a whole tied row would be slow and pointless: keep all
         keep = ~tied[row]
         row, col = row[keep], col[keep]
+    # Per chunk: the padded (rows, widest crossing bucket) sort stays bounded.
     tau, log_mass = _crossing_thresholds(lp, row, col, above, top_p)
-    return Thresholds(torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass),
-                      block_mass=torch.cat([part.block_mass for part in parts]))
+    return torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass), blocks
+
+
+def _top_p_thresholds(lp: Tensor, top_p: float, ws: Workspace) -> Thresholds:
+    """top-p thresholds of rows of normalised log-probs (N, K), in cache-sized chunks of
+    rows (:func:`_top_p_chunk`), with the rows' block masses for the draw."""
+    n, vocab = lp.shape
+    log_tau = lp.new_empty(n)
+    log_mass = torch.empty(n, dtype=torch.float64, device=lp.device)
+    blocks = []
+    for rows in row_chunks(n, vocab, lp.device):
+        log_tau[rows], log_mass[rows], mass = _top_p_chunk(lp[rows], top_p, ws)
+        blocks.append(mass)
+    block_mass = torch.cat(blocks) if blocks else lp.new_zeros((0, -(-vocab // BLOCK)))
+    return Thresholds(log_tau, log_mass, block_mass=block_mass)
 
 
 def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,

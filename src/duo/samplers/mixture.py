@@ -100,14 +100,16 @@ def draw(
     opts = dict(generator=generator, device=z.device)
     u = torch.rand((b, l), dtype=torch.float64, **opts)
     u_x = torch.rand((b, l), dtype=torch.float64, **opts)
-    # A second uniform per position for draws from a filtered x_theta (see _sample_rows).
-    u_retry = torch.rand((b, l), dtype=torch.float64, **opts) if filter_active(top_p, top_k, vocab) else u_x
     c_keep = m.keep + torch.zeros_like(u)
     c_mask = c_keep + m.mask
     out = torch.where(u < c_keep, z, z if mask_id is None else torch.full_like(z, mask_id))
     if uses_noise:
         noise = torch.randint(0, vocab, (b, l), **opts)
         out = torch.where(u < c_mask, out, noise)
+    # A second, independent uniform per position for the redraws of filtered draws
+    # (see _sample_rows); drawn last, so the other draws match an unfiltered run's.
+    retry = filter_active(top_p, top_k, vocab) or (thresholds is not None and thresholds.block_mass is not None)
+    u_retry = torch.rand((b, l), dtype=torch.float64, **opts) if retry else u_x
     from_x = (u >= c_mask + m.uniform).reshape(-1)
     rows = from_x.nonzero().squeeze(1)
     if rows.numel():
