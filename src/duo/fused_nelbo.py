@@ -82,11 +82,15 @@ class _NelboFromLogits(torch.autograd.Function):
 
 
 def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tensor | float,
-                           dalpha_t: Tensor | float) -> Tensor:
+                           dalpha_t: Tensor | float, *, check_ids: bool = True) -> Tensor:
     """``usdm_nelbo(log_softmax(logits), z_t, x, alpha_t, dalpha_t)`` per token (B, L),
     keeping only the logits for backward. ``logits`` (B, L, K) are computed on in
-    float32 (float64 stays float64), also under autocast."""
-    K = _check_pair(logits, z_t, x)
+    float32 (float64 stays float64), also under autocast. ``check_ids=False`` skips the
+    range check of the ids (a device sync; skipped under ``torch.compile`` too)."""
+    if check_ids and not torch.compiler.is_compiling():
+        K = _check_pair(logits, z_t, x)
+    else:
+        K = logits.shape[-1]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     a, da, r = usdm_rates(alpha_t, dalpha_t, z_t, K, dtype)
     with torch.autocast(logits.device.type, enabled=False):
