@@ -8,7 +8,7 @@ with ``p = softmax(logits)``, and its gradient has a closed form:
 
     d lam / d logits_j = w_j - p_j sum_k w_k,   w_j = r p_j / (1 + r p_j),
 
-so this function keeps only the logits and one log-sum-exp per token, and backward
+so this function keeps only the logits and two numbers per token, and backward
 rebuilds ``p`` and ``w`` in one pass over cache-sized row chunks. The two gathered
 terms (at ``z_t`` and ``x``) and the per-token closed form are small.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
@@ -38,28 +39,33 @@ class _NelboFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, z: Tensor, x: Tensor, a: Tensor, da: Tensor, r: Tensor) -> Tensor:
         n, K = logits.shape
-        lse = torch.empty(n, dtype=logits.dtype, device=logits.device)
-        lam = torch.empty_like(lse)
+        # Per token: the largest logit and the mass of exp(logits - top). Kept apart (not
+        # as one log-sum-exp, whose rounding at large logits would scale every p of the
+        # row alike and, amplified by 1/r, spoil the gradient at small alpha).
+        top = torch.empty(n, dtype=logits.dtype, device=logits.device)
+        mass = torch.empty_like(top)
+        lam = torch.empty_like(top)
         parts = row_chunks(n, K, logits.device)
         buf = logits.new_empty(parts[0].stop * K if parts else 0)  # one chunk's buffer, reused
         for rows in parts:
             part = logits[rows]
             t = buf[: part.numel()].view(part.shape)
-            top = part.amax(-1, keepdim=True)
-            mass = torch.sub(part, top, out=t).exp_().sum(-1, keepdim=True)
-            lse[rows] = (top + mass.log()).squeeze(1)
+            top[rows] = part.amax(-1)
+            mass[rows] = torch.sub(part, top[rows, None], out=t).exp_().sum(-1)
             # log1p(r p) with p = t / mass: the exponentials are computed once.
-            lam[rows] = t.mul_(r[rows, None] / mass).log1p_().sum(-1)
-        p_z = (logits.gather(1, z[:, None]).squeeze(1) - lse).exp()
-        p_x = (logits.gather(1, x[:, None]).squeeze(1) - lse).exp()
+            lam[rows] = t.mul_((r[rows] / mass[rows])[:, None]).log1p_().sum(-1)
+        log_mass = mass.log()
+        p_z = ((logits.gather(1, z[:, None]).squeeze(1) - top) - log_mass).exp()
+        p_x = ((logits.gather(1, x[:, None]).squeeze(1) - top) - log_mass).exp()
         a_i, c_x = torch.log1p(r * p_z), torch.log1p(r * p_x)
         hit = (z == x).to(logits.dtype)
-        ctx.save_for_backward(logits, lse, z, x, a, da, r, hit, a_i, p_z, p_x)
+        ctx.save_for_backward(logits, top, mass, z, x, a, da, r, hit, a_i, p_z, p_x)
         return usdm_from_sums(K, a, da, r, hit, lam, a_i, c_x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
-        logits, lse, z, x, a, da, r, hit, a_i, p_z, p_x = ctx.saved_tensors
+        logits, top, mass, z, x, a, da, r, hit, a_i, p_z, p_x = ctx.saved_tensors
         n, K = logits.shape
         g_lam, g_a, g_c = (grad * c for c in _coefficients(K, a, da, r, hit, a_i))
         w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
@@ -67,15 +73,15 @@ class _NelboFromLogits(torch.autograd.Function):
         point = g_a * w_z + g_c * w_x
         out = torch.empty_like(logits)
         parts = row_chunks(n, K, logits.device)
-        bufs = logits.new_empty(3, parts[0].stop * K if parts else 0)  # p, w, 1 + r p of a chunk
+        bufs = logits.new_empty(3, parts[0].stop * K if parts else 0)  # e, w, 1 + r p of a chunk
         for rows in parts:
             shape = logits[rows].shape
-            p, w, den = (b[: shape[0] * K].view(shape) for b in bufs)
-            torch.sub(logits[rows], lse[rows, None], out=p).exp_()
-            torch.mul(p, r[rows, None], out=w)
+            e, w, den = (b[: shape[0] * K].view(shape) for b in bufs)
+            torch.sub(logits[rows], top[rows, None], out=e).exp_()  # p = e / mass
+            torch.mul(e, (r[rows] / mass[rows])[:, None], out=w)
             w.div_(torch.add(w, 1.0, out=den))  # r p / (1 + r p), accurate for small r p
             total = g_lam[rows] * w.sum(-1) + point[rows]
-            torch.mul(w, g_lam[rows, None], out=out[rows]).addcmul_(p, -total[:, None])
+            torch.mul(w, g_lam[rows, None], out=out[rows]).addcmul_(e, (-total / mass[rows])[:, None])
         out.scatter_add_(1, z[:, None], (g_a * w_z)[:, None])
         out.scatter_add_(1, x[:, None], (g_c * w_x)[:, None])
         return out, None, None, None, None, None
@@ -86,13 +92,17 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
     """``usdm_nelbo(log_softmax(logits), z_t, x, alpha_t, dalpha_t)`` per token (B, L),
     keeping only the logits for backward. ``logits`` (B, L, K) are computed on in
     float32 (float64 stays float64), also under autocast. ``check_ids=False`` skips the
-    range check of the ids (a device sync; skipped under ``torch.compile`` too)."""
+    range check of the ids (a device sync; skipped under ``torch.compile`` too). Only
+    the logits get gradients; twice-differentiating is not supported."""
     if check_ids and not torch.compiler.is_compiling():
         K = _check_pair(logits, z_t, x)
     else:
         K = logits.shape[-1]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     a, da, r = usdm_rates(alpha_t, dalpha_t, z_t, K, dtype)
+    if torch.is_grad_enabled() and (a.requires_grad or da.requires_grad):
+        raise ValueError("usdm_nelbo_from_logits differentiates only with respect to the logits, but "
+                         "alpha_t or dalpha_t requires grad; use duo.losses.usdm_nelbo for that")
     with torch.autocast(logits.device.type, enabled=False):
         out = _NelboFromLogits.apply(logits.to(dtype).reshape(-1, K), z_t.reshape(-1), x.reshape(-1),
                                      a.reshape(-1), da.reshape(-1), r.reshape(-1))
