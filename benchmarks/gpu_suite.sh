@@ -20,6 +20,7 @@ section "A: training throughput, small, L=1024"
 
 section "A2: Duo loss, autograd vs fused backward, 16k tokens"
 timeout 60 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
+timeout 60 python benchmarks/loss_speed.py --loss kl --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 
 section "B: curriculum memory at K=50257"
 timeout 60 python benchmarks/curriculum_memory.py --with-model --batch 16 --length 1024 --repeats 1 2>&1 | tee -a "$LOG" | grep -E "^\||K=" >> "$OUT/gpu_perf.md"

@@ -1,7 +1,9 @@
-"""Duo's NELBO at a GPT-2 vocabulary: autograd through log-softmax versus the loss from
-logits with its hand-written backward (`duo.fused_nelbo`).
+"""Losses at a GPT-2 vocabulary: autograd through log-softmax versus the losses from
+logits with hand-written backward passes (Duo's NELBO, `duo.fused_nelbo`; the
+distillation KL, `duo.fused_kl`).
 
     python benchmarks/loss_speed.py                      # CPU: 1,024 tokens, K = 50,257
+    python benchmarks/loss_speed.py --loss kl            # the reverse distillation KL
     python benchmarks/loss_speed.py --device cuda --tokens 16384
 
 For each variant: forward + backward time of the loss on float32 logits (min and median
@@ -20,15 +22,25 @@ import time
 
 import torch
 
+from duo.fused_kl import distillation_kl_from_logits
 from duo.fused_nelbo import usdm_nelbo_from_logits
-from duo.losses import usdm_nelbo
+from duo.losses import distillation_kl, usdm_nelbo
 
-
-def plain(logits, z, x, a, da):
-    return usdm_nelbo(logits.log_softmax(-1), z, x, a, da)
-
-
-VARIANTS = {"autograd (log_softmax + usdm_nelbo)": plain, "fused (usdm_nelbo_from_logits)": usdm_nelbo_from_logits}
+# Every variant takes (logits, z, x, alpha, dalpha, teacher log-probs).
+LOSSES = {
+    "nelbo": {
+        "autograd (log_softmax + usdm_nelbo)":
+            lambda s, z, x, a, da, t: usdm_nelbo(s.log_softmax(-1), z, x, a, da),
+        "fused (usdm_nelbo_from_logits)":
+            lambda s, z, x, a, da, t: usdm_nelbo_from_logits(s, z, x, a, da),
+    },
+    "kl": {
+        "autograd (log_softmax + distillation_kl)":
+            lambda s, z, x, a, da, t: distillation_kl(s.log_softmax(-1), t),
+        "fused (distillation_kl_from_logits)":
+            lambda s, z, x, a, da, t: distillation_kl_from_logits(s, t),
+    },
+}
 
 
 def saved_bytes(fn) -> int:
@@ -45,6 +57,7 @@ def saved_bytes(fn) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--loss", choices=sorted(LOSSES), default="nelbo")
     p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--repeats", type=int, default=7)
@@ -61,19 +74,21 @@ def main() -> None:
                     torch.randint(0, args.vocab, (B, L), device=dev, generator=g))
     a = torch.rand(B, 1, device=dev, generator=g) * 0.9 + 0.05
     da = -torch.ones(B, 1, device=dev)
+    teacher = (logits + torch.randn(logits.shape, device=dev, generator=g)).log_softmax(-1)
+    variants = LOSSES[args.loss]
 
     def step(fn):
         leaf = logits.detach().requires_grad_()
-        fn(leaf, z, x, a, da).sum().backward()
+        fn(leaf, z, x, a, da, teacher).sum().backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    times = {name: [] for name in VARIANTS}
+    times = {name: [] for name in variants}
     peaks = {}
-    for name, fn in VARIANTS.items():
+    for name, fn in variants.items():
         step(fn)  # warm-up
     for _ in range(args.repeats):
-        for name, fn in VARIANTS.items():
+        for name, fn in variants.items():
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
@@ -82,9 +97,9 @@ def main() -> None:
             if dev.type == "cuda":
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**30
     rows = []
-    for name, fn in VARIANTS.items():
+    for name, fn in variants.items():
         leaf = logits.detach().requires_grad_()
-        kept = saved_bytes(lambda: fn(leaf, z, x, a, da)) / 2**20
+        kept = saved_bytes(lambda: fn(leaf, z, x, a, da, teacher)) / 2**20
         rows.append({"variant": name, "min_ms": 1e3 * min(times[name]),
                      "median_ms": 1e3 * statistics.median(times[name]), "saved_mib": kept,
                      "peak_gib": peaks.get(name)})

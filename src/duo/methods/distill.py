@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..duality import DualitySchedule, diffusion_transform
-from ..losses import distillation_kl
+from ..fused_kl import distillation_kl_from_logits
 from ..relaxation import coupled_pair
 from ..schedules import sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens, token_loss
@@ -45,8 +45,8 @@ class DistillMethod(DuoMethod):
         # would undo the memory saving of the chunked student loss.
         with torch.no_grad():
             teacher_logits = self.teacher.output_layer.project(teacher_h, shift, scale)
-        return distillation_kl(student_logits.float().log_softmax(-1),
-                               teacher_logits.float().log_softmax(-1), self.dcfg.loss)
+        return distillation_kl_from_logits(student_logits, teacher_logits.float().log_softmax(-1),
+                                           self.dcfg.loss)
 
     def training_loss(self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0,
                       generator=None) -> LossOutput:

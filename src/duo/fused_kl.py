@@ -1,0 +1,99 @@
+"""The distillation KL straight from the student's logits, with a hand-written backward
+(MATH.md section 6).
+
+With ``p = softmax(s)`` the student's prediction and ``t`` the teacher's log-probs
+(constants), the gradients are closed forms of ``p`` and ``t``:
+
+- reverse, ``KL(p || q) = sum_j p_j (log p_j - t_j)``: ``dKL/ds_j = p_j (log p_j - t_j - KL)``;
+- forward, ``KL(q || p) = sum_j q_j (t_j - log p_j)``: ``dKL/ds_j = p_j sum_k q_k - q_j``.
+
+So backward needs only the student logits, the teacher log-probs (kept by either way
+of computing the loss) and two numbers per token, instead of the log-softmax,
+exponential and difference tensors autograd would keep.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .utils.chunks import row_chunks
+
+
+def _student(s: Tensor, top: Tensor, log_mass: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """log p (into ``out``) and p (a new tensor) for a chunk of rows."""
+    log_p = torch.sub(s, top[:, None], out=out).sub_(log_mass[:, None])
+    return log_p, log_p.exp()
+
+
+def _terms(log_p: Tensor, p: Tensor, t: Tensor, reverse: bool) -> Tensor:
+    """Per-entry KL terms; 0 where the first distribution has no mass (0 log 0 = 0)."""
+    if reverse:
+        return torch.where(p > 0, p * (log_p - t), 0.0)
+    q = t.exp()
+    return torch.where(q > 0, q * (t - log_p), 0.0)
+
+
+class _KlFromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, reverse: bool) -> Tensor:
+        n, K = s.shape
+        top = s.amax(-1)
+        kl = torch.empty(n, dtype=s.dtype, device=s.device)
+        log_mass = torch.empty_like(kl)
+        for rows in row_chunks(n, K, s.device):
+            log_mass[rows] = torch.sub(s[rows], top[rows, None]).exp_().sum(-1).log_()
+            log_p, p = _student(s[rows], top[rows], log_mass[rows], torch.empty_like(s[rows]))
+            kl[rows] = _terms(log_p, p, t[rows], reverse).sum(-1)
+        ctx.reverse = reverse
+        ctx.save_for_backward(s, t, top, log_mass, kl)
+        return kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        s, t, top, log_mass, kl = ctx.saved_tensors
+        n, K = s.shape
+        out = torch.empty_like(s)
+        for rows in row_chunks(n, K, s.device):
+            log_p, p = _student(s[rows], top[rows], log_mass[rows], out[rows])
+            g = grad[rows, None]
+            if ctx.reverse:
+                # p (log p - t - KL); p = 0 (a -inf logit) has no gradient even where t = -inf
+                out[rows] = torch.where(p > 0, p * (log_p - t[rows] - kl[rows, None]), 0.0) * g
+            else:
+                q = t[rows].exp()
+                out[rows] = (p * q.sum(-1, keepdim=True) - q) * g
+        # A token whose KL is infinite (the teacher rules out a token the student allows)
+        # has a gradient only if it is used: 0 * inf would otherwise spread NaN.
+        unused = (grad == 0) & ~torch.isfinite(kl)
+        if bool(unused.any()):
+            out[unused] = 0.0
+        return out, None, None
+
+
+def distillation_kl_from_logits(
+    student_logits: Tensor,
+    teacher_log_probs: Tensor,
+    direction: Literal["reverse", "forward"] = "reverse",
+) -> Tensor:
+    """``distillation_kl(log_softmax(student_logits), teacher_log_probs, direction)`` per
+    token (B, L), keeping only the logits, the teacher's log-probs and two numbers per
+    token for backward. Inputs (B, L, K); computed in float32 (float64 stays float64);
+    the teacher gets no gradient."""
+    if student_logits.shape != teacher_log_probs.shape:
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and teacher "
+            f"{tuple(teacher_log_probs.shape)} logits / log-probabilities differ in shape"
+        )
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"direction={direction!r}; valid: 'reverse', 'forward'")
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    K = student_logits.shape[-1]
+    with torch.autocast(student_logits.device.type, enabled=False):
+        kl = _KlFromLogits.apply(student_logits.to(dtype).reshape(-1, K),
+                                 teacher_log_probs.detach().to(dtype).reshape(-1, K), direction == "reverse")
+    return kl.view(student_logits.shape[:-1])
