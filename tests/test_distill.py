@@ -199,8 +199,17 @@ def test_distillation_loss_does_not_depend_on_chunking():
     _, _, method = student_teacher_pair()
     x = torch.randint(0, 30, (4, 16), generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.1, 0.3, 0.6, 0.9])
-    losses = []
-    for chunk in (2**24, 5 * 30):  # one pass, then chunks of 5 tokens
+    losses, grads = [], []
+    params = [p for p in method.backbone.parameters() if p.requires_grad]
+    for chunk in (2**24, 5 * 30):  # one pass, then checkpointed chunks of 5 tokens
         method.loss_chunk_elements = chunk
-        losses.append(method.training_loss({"input_ids": x}, t, generator=torch.Generator().manual_seed(7)).loss)
+        loss = method.training_loss({"input_ids": x}, t, generator=torch.Generator().manual_seed(7)).loss
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, params, allow_unused=True))
     assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    scale = max(float(g.abs().max()) for g in grads[0] if g is not None)
+    assert scale > 0
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=0, atol=1e-6 * scale)
