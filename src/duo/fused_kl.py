@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .losses import kl_terms
 from .utils.chunks import row_chunks
 
 
@@ -29,14 +30,6 @@ def _student(s: Tensor, top: Tensor, log_mass: Tensor, out: Tensor) -> tuple[Ten
     return log_p, log_p.exp()
 
 
-def _terms(log_p: Tensor, p: Tensor, t: Tensor, reverse: bool) -> Tensor:
-    """Per-entry KL terms; 0 where the first distribution has no mass (0 log 0 = 0)."""
-    if reverse:
-        return torch.where(p > 0, p * (log_p - t), 0.0)
-    q = t.exp()
-    return torch.where(q > 0, q * (t - log_p), 0.0)
-
-
 class _KlFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, reverse: bool) -> Tensor:
@@ -44,10 +37,17 @@ class _KlFromLogits(torch.autograd.Function):
         top = s.amax(-1)
         kl = torch.empty(n, dtype=s.dtype, device=s.device)
         log_mass = torch.empty_like(kl)
-        for rows in row_chunks(n, K, s.device):
-            log_mass[rows] = torch.sub(s[rows], top[rows, None]).exp_().sum(-1).log_()
-            log_p, p = _student(s[rows], top[rows], log_mass[rows], torch.empty_like(s[rows]))
-            kl[rows] = _terms(log_p, p, t[rows], reverse).sum(-1)
+        parts = row_chunks(n, K, s.device)
+        bufs = s.new_empty(2, parts[0].stop * K if parts else 0)  # log p and p of a chunk, reused
+        for rows in parts:
+            shape = s[rows].shape
+            log_p, p = (b[: shape[0] * K].view(shape) for b in bufs)
+            torch.sub(s[rows], top[rows, None], out=log_p)
+            mass = torch.exp(log_p, out=p).sum(-1, keepdim=True)  # one exp per entry
+            log_mass[rows] = mass.log().squeeze(1)
+            log_p.sub_(log_mass[rows, None])
+            p.div_(mass)
+            kl[rows] = (kl_terms(log_p, t[rows], p) if reverse else kl_terms(t[rows], log_p)).sum(-1)
         ctx.reverse = reverse
         ctx.save_for_backward(s, t, top, log_mass, kl)
         return kl

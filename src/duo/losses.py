@@ -174,10 +174,14 @@ def distillation_kl(
     s = student_log_probs.float()
     t = teacher_log_probs.detach().float()
     if direction == "reverse":
-        p, log_p, log_q = s.exp(), s, t
-    elif direction == "forward":
-        p, log_p, log_q = t.exp(), t, s
-    else:
-        raise ValueError(f"direction={direction!r}; valid: 'reverse', 'forward'")
-    # 0 * log 0 = 0 where the first argument has no mass.
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+        return kl_terms(s, t).sum(-1)
+    if direction == "forward":
+        return kl_terms(t, s).sum(-1)
+    raise ValueError(f"direction={direction!r}; valid: 'reverse', 'forward'")
+
+
+def kl_terms(log_p: Tensor, log_q: Tensor, p: Tensor | None = None) -> Tensor:
+    """Entries ``p_j (log p_j - log q_j)`` of ``KL(p || q)`` (same shape as the inputs),
+    0 where p has no mass (0 log 0 = 0); ``p = exp(log_p)`` if not given."""
+    p = log_p.exp() if p is None else p
+    return torch.where(p > 0, p * (log_p - log_q), 0.0)
