@@ -25,6 +25,7 @@ import torch
 from duo.fused_kl import distillation_kl_from_logits
 from duo.fused_nelbo import usdm_nelbo_from_logits
 from duo.losses import distillation_kl, usdm_nelbo
+from duo.utils.memory import saved_tensor_bytes
 
 # Every variant takes (logits, z, x, alpha, dalpha, teacher log-probs).
 LOSSES = {
@@ -41,18 +42,6 @@ LOSSES = {
             lambda s, z, x, a, da, t: distillation_kl_from_logits(s, t),
     },
 }
-
-
-def saved_bytes(fn) -> int:
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 def main() -> None:
@@ -99,7 +88,7 @@ def main() -> None:
     rows = []
     for name, fn in variants.items():
         leaf = logits.detach().requires_grad_()
-        kept = saved_bytes(lambda: fn(leaf, z, x, a, da, teacher)) / 2**20
+        kept = saved_tensor_bytes(lambda: fn(leaf, z, x, a, da, teacher)) / 2**20
         rows.append({"variant": name, "min_ms": 1e3 * min(times[name]),
                      "median_ms": 1e3 * statistics.median(times[name]), "saved_mib": kept,
                      "peak_gib": peaks.get(name)})

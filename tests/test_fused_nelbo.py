@@ -6,6 +6,7 @@ import torch
 import duo.utils.chunks as chunks
 from duo.fused_nelbo import usdm_nelbo_from_logits
 from duo.losses import usdm_nelbo
+from duo.utils.memory import saved_tensor_bytes
 
 
 def _inputs(K, B=3, L=6, dtype=torch.float64, seed=0):
@@ -52,24 +53,11 @@ def test_float32_is_as_accurate_as_the_plain_float32_loss():
     assert error(got) <= 2 * error(usdm_nelbo(logits.log_softmax(-1), z, x, a, da)) + 1e-6
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for backward while ``fn`` runs."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
 def test_backward_keeps_only_the_logits():
     logits, z, x, a, da = _inputs(4000, dtype=torch.float32)
     size = logits.numel() * 4
-    fused = _saved_bytes(lambda: usdm_nelbo_from_logits(logits, z, x, a, da))
-    plain = _saved_bytes(lambda: usdm_nelbo(logits.log_softmax(-1), z, x, a, da))
+    fused = saved_tensor_bytes(lambda: usdm_nelbo_from_logits(logits, z, x, a, da))
+    plain = saved_tensor_bytes(lambda: usdm_nelbo(logits.log_softmax(-1), z, x, a, da))
     assert size <= fused < 1.1 * size
     assert plain > 2.5 * size
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .blocks import blocked_draw, pick
 from duo.utils.chunks import row_chunks
 
+from .blocks import blocked_draw, pick
 from .filters import Thresholds, filter_active, row_thresholds
 from .workspace import Workspace
 
@@ -148,9 +148,8 @@ def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, u_retry: Tensor, th: Thr
         # of the mass, so most are kept); the others draw from the filtered rows with
         # an independent uniform. Accepted or redrawn, a token j comes out with
         # probability p_j + (1 - mass) * p_j / mass = p_j / mass: the filtered law.
-        src = rows
-        prop = pick(th.block_mass, u, vocab, lambda cols: flat[src[:, None], cols].double().exp())
-        todo = (flat[src, prop] < th.log_tau).nonzero().squeeze(1)
+        prop = pick(th.block_mass, u, vocab, lambda cols: flat[rows[:, None], cols].double().exp())
+        todo = (flat[rows, prop] < th.log_tau).nonzero().squeeze(1)
         picked.copy_(prop)
         u = u_retry
     for part in row_chunks(todo.numel(), vocab, flat.device):

@@ -1,1 +1,1 @@
-"""Small shared utilities (atomic file writes, seeding)."""
+"""Small shared utilities (atomic file writes, seeding, row chunks, autograd memory)."""
