@@ -44,7 +44,7 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"  # ddp, fsdp, ddp_spawn, ... (Lightning strategies)
+    strategy: str = "auto"  # ddp, fsdp (FSDP2, one shard per block), ddp_spawn, ... (Lightning's)
     seed: int = 0
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     compile: bool = False
@@ -66,9 +66,9 @@ class TrainerConfig:
             raise ConfigError(f"trainer.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"trainer.ema={self.ema} must lie in [0, 1) (0 disables EMA)")
-        if "fsdp" in str(self.strategy).lower() and self.ema > 0:
-            raise ConfigError(f"trainer.strategy={self.strategy!r} shards the weights, which the EMA "
-                              "(trainer.ema) does not support yet; add trainer.ema=0 or use trainer.strategy=ddp")
+        if "fsdp" in str(self.strategy).lower() and self.strategy != "fsdp" and self.ema > 0:
+            raise ConfigError(f"trainer.strategy={self.strategy!r} flattens the weights, which the EMA "
+                              "(trainer.ema) cannot average; use trainer.strategy=fsdp (FSDP2) or add trainer.ema=0")
         bad = sorted(set(self.loggers) - {"csv", "tensorboard", "wandb"})
         if bad:
             raise ConfigError(f"trainer.loggers has unknown {bad[0]!r}; valid: csv, tensorboard, wandb")

@@ -2,6 +2,10 @@
 
 The state dict follows the published Duo/MDLM checkpoints' ``ema`` entry:
 ``decay``, ``num_updates``, ``shadow_params`` (a list in ``parameters()`` order).
+
+Under ``trainer.strategy=fsdp`` the parameters are ``DTensor`` shards; the shadows then
+are shards laid out like them, so averaging is local to each rank, and the state dict
+gathers them into full tensors (the same checkpoint a single device writes).
 """
 
 from __future__ import annotations
@@ -10,65 +14,92 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from .sharding import reshard
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's part of ``t`` (``t`` itself unless it is a DTensor)."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _laid_out_like(full: Tensor, ref: Tensor) -> Tensor:
+    """``full`` (a whole tensor, equal on every rank) placed like ``ref``, in float32."""
+    full = full.detach().float()
+    if isinstance(ref, DTensor):
+        # Every rank holds the same full tensor: each keeps its slice, no communication.
+        return distribute_tensor(full.to(ref.device), ref.device_mesh, ref.placements,
+                                 src_data_rank=None)
+    return full.to(ref.device).clone()
+
+
+def _params(module: nn.Module) -> list[Tensor]:
+    reshard(module)
+    return list(module.parameters())
 
 
 class EMA:
     def __init__(self, module: nn.Module, decay: float) -> None:
         self.decay = decay
         self.num_updates = 0
-        self.shadow = [p.detach().clone().float() for p in module.parameters()]
+        self.shadow = [p.detach().clone().float() for p in _params(module)]
 
-    def check_matches(self, module: nn.Module) -> None:
-        """One-line error when ``module``'s parameters no longer have the shadows' shapes.
+    def align(self, module: nn.Module) -> None:
+        """Lay the shadows out like ``module``'s parameters (device; shards under FSDP).
 
-        A sharding strategy (FSDP with ``use_orig_params``) turns each parameter into a
-        flat view of this rank's shard once it wraps the model; averaging those against
-        full-shape shadows, and saving one rank's shards as the EMA, would be wrong.
+        Call once the strategy has placed the model. Parameters whose shapes no longer
+        match (a strategy that flattens them, such as Lightning's FSDP1 variants) give a
+        one-line error instead of a silently wrong average.
         """
-        params = list(module.parameters())
+        params = _params(module)
         if len(params) != len(self.shadow) or any(
             p.shape != s.shape for p, s in zip(params, self.shadow)
         ):
             raise RuntimeError(
-                "the EMA of the weights needs unsharded parameters, but the training strategy "
-                "sharded them (strategy=fsdp?); use trainer.strategy=ddp or set trainer.ema=0"
+                "the EMA of the weights needs parameters of their original shapes, but the "
+                "training strategy flattened them; use trainer.strategy=fsdp or ddp, or set trainer.ema=0"
             )
+        self.shadow = [
+            s if isinstance(s, DTensor) == isinstance(p, DTensor) and s.device == p.device
+            else _laid_out_like(
+                s.full_tensor() if isinstance(s, DTensor) else s, p)
+            for s, p in zip(self.shadow, params)
+        ]
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         self.num_updates += 1
         # Warm-up of the decay keeps early averages from being dominated by the init.
         decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        params = [p.detach().float() for p in module.parameters()]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - decay)
+        params = [_local(p).detach().float() for p in _params(module)]
+        torch._foreach_lerp_([_local(s) for s in self.shadow], params, 1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self, module: nn.Module) -> None:
-        for s, p in zip(self.shadow, module.parameters()):
-            p.copy_(s.to(p.dtype))
+        for s, p in zip(self.shadow, _params(module)):
+            _local(p).copy_(_local(s))
 
     @contextmanager
     def swapped_in(self, module: nn.Module) -> Iterator[None]:
         """Run a block with the EMA weights, restoring the trained ones afterwards."""
-        backup = [p.detach().clone() for p in module.parameters()]
+        backup = [_local(p).detach().clone() for p in _params(module)]
         self.copy_to(module)
         try:
             yield
         finally:
             with torch.no_grad():
-                for b, p in zip(backup, module.parameters()):
-                    p.copy_(b)
-
-    def to(self, device: torch.device) -> "EMA":
-        self.shadow = [s.to(device) for s in self.shadow]
-        return self
+                for b, p in zip(backup, _params(module)):
+                    _local(p).copy_(b)
 
     def state_dict(self) -> dict:
+        """Full tensors. Under FSDP this gathers the shards: call it on every rank."""
         return {
             "decay": self.decay,
             "num_updates": self.num_updates,
-            "shadow_params": [s.clone() for s in self.shadow],
+            "shadow_params": [s.full_tensor() if isinstance(s, DTensor) else s.clone()
+                              for s in self.shadow],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -79,4 +110,4 @@ class EMA:
             raise ValueError("EMA state does not match the model's parameters (another model size?)")
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
-        self.shadow = [s.detach().clone().float().to(self.shadow[0].device) for s in shadow]
+        self.shadow = [_laid_out_like(new, old) for new, old in zip(shadow, self.shadow)]

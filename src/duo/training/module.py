@@ -20,6 +20,7 @@ from ..methods import get_method_spec, model_overrides
 from ..models import build_model, compile_backbone
 from ..schedules import antithetic_times
 from .ema import EMA
+from .sharding import FSDPStrategy, shard_backbone
 
 CHECKPOINT_FORMAT = 1
 
@@ -59,10 +60,19 @@ class DiffusionLM(pl.LightningModule):
         if init_weights is not None:
             self.backbone.load_state_dict(init_weights)
         self.ema = EMA(self.backbone, cfg.trainer.ema) if cfg.trainer.ema > 0 else None
-        if cfg.trainer.compile:
-            compile_backbone(self.backbone)
         self._val_sum = self._val_count = None
         self._last_time: float | None = None
+
+    def configure_model(self) -> None:
+        """Shard (``trainer.strategy=fsdp``), then compile; Lightning calls this at every
+        ``fit``/``validate``, so it acts once."""
+        if getattr(self, "_configured", False):
+            return
+        self._configured = True
+        if isinstance(self._trainer and self.trainer.strategy, FSDPStrategy):
+            shard_backbone(self.backbone, self.device_mesh["data_parallel"])
+        if self.cfg.trainer.compile:
+            compile_backbone(self.backbone)
 
     # ------------------------------------------------------------- helpers
     @property
@@ -107,21 +117,26 @@ class DiffusionLM(pl.LightningModule):
             self._last_time = now
         return out.loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema is not None and (batch_idx + 1) % self.accumulate == 0:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: callbacks (the checkpoint writer) run
+        # before the module's on_train_batch_end, so a checkpoint saved at step N would
+        # miss step N's update and a resumed run's EMA would drift from the original.
+        if self.ema is not None:
             self.ema.update(self.backbone)
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
-            self.ema.check_matches(self.backbone)  # after the strategy has wrapped the model
-            self.ema.to(self.device)
+            self.ema.align(self.backbone)  # after the strategy has placed (and sharded) the model
 
     # ------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._ema_ctx = self.ema.swapped_in(self.backbone) if self.ema is not None else None
-        if self._ema_ctx is not None:
+        self._ema_ctx = None
+        if self.ema is not None:
+            self.ema.align(self.backbone)  # also when validate() runs without fit()
+            self._ema_ctx = self.ema.swapped_in(self.backbone)
             self._ema_ctx.__enter__()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -24,6 +24,7 @@ from .callbacks import MetricsHistory
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import TextDataModule
 from .module import DiffusionLM
+from .sharding import FSDPStrategy
 
 log = logging.getLogger("duo")
 # The fast tokenizers' thread pool and forked loader workers do not mix.
@@ -105,7 +106,7 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
         accelerator=accel,
         devices=tc.devices,
         num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
+        strategy=FSDPStrategy() if tc.strategy == "fsdp" else tc.strategy,
         precision=_precision(cfg, accel),
         max_steps=tc.max_steps,
         accumulate_grad_batches=accumulate,
@@ -160,10 +161,12 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
     val = trainer.validate(module, datamodule=data, verbose=False)  # every rank: it is collective
     nelbo = float(val[0]["val/nelbo"]) if val and "val/nelbo" in val[0] else None
     samples: list[str] = []
-    if trainer.is_global_zero and cfg.sample.num_samples > 0:
+    # Sharded weights are gathered collectively: then every rank samples (identically).
+    sharded = isinstance(trainer.strategy, FSDPStrategy)
+    if cfg.sample.num_samples > 0 and (trainer.is_global_zero or sharded):
         from .sampling import sample_texts
 
-        samples = sample_texts(module, tokenizer, cfg.sample, run_dir)
+        samples = sample_texts(module, tokenizer, cfg.sample, run_dir if trainer.is_global_zero else None)
     return TrainResult(
         run_dir=run_dir,
         checkpoint=last,

@@ -9,7 +9,8 @@ from ..generation import generate_text
 from ..utils.io import atomic_write_text
 
 
-def sample_texts(module, tokenizer, sample_cfg, run_dir: Path) -> list[str]:
+def sample_texts(module, tokenizer, sample_cfg, run_dir: Path | None) -> list[str]:
+    """Samples with the EMA weights, saved under ``run_dir/samples`` unless it is None."""
     method = module.method
     ctx = module.ema.swapped_in(module.backbone) if module.ema is not None else None
     if ctx is not None:
@@ -25,6 +26,8 @@ def sample_texts(module, tokenizer, sample_cfg, run_dir: Path) -> list[str]:
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
+    if run_dir is None:
+        return gen.texts
     out = Path(run_dir) / "samples"
     atomic_write_text(out / f"step_{module.global_step}.json",
                       json.dumps({"step": module.global_step, "sampler": sampler or "default",

@@ -1,0 +1,95 @@
+"""Two CPU processes (gloo): DDP and FSDP2 (``trainer.strategy=fsdp``) training runs."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+
+
+def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str) -> Path:
+    """Train on two CPU processes; each rank writes a SHA-256 of the weights it holds."""
+    overrides = tiny_overrides(
+        corpus, cache, run_dir, f"trainer.max_steps={steps}", "trainer.accelerator=cpu",
+        "trainer.devices=2", f"trainer.strategy={strategy}", "model.n_blocks=2",
+        "algo.curriculum=none", "trainer.val_every=2", "trainer.ckpt_every=2", *extra)
+    script = run_dir.parent / f"{run_dir.name}_{steps}.py"
+    script.write_text(textwrap.dedent(f"""
+        import hashlib, json
+        import lightning.pytorch as pl
+        from duo.experiment import build_config
+        from duo.training import train
+
+        class Fingerprint(pl.Callback):
+            def on_train_end(self, trainer, module):
+                h = hashlib.sha256()
+                for p in module.backbone.parameters():
+                    p = p.to_local() if hasattr(p, "to_local") else p  # an FSDP shard
+                    h.update(p.detach().cpu().numpy().tobytes())
+                out = {str(run_dir)!r} + f"/rank{{trainer.global_rank}}.txt"
+                open(out, "w").write(h.hexdigest())
+
+        result = train(build_config({overrides!r}), callbacks=[Fingerprint()])
+        if result.samples:
+            json.dump(result.samples, open({str(run_dir)!r} + "/returned_samples.json", "w"))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def val_nelbo(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["nelbo"] for r in map(json.loads, lines) if r["split"] == "val"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_corpus, duo_cache, tmp_path_factory):
+    return launch(tiny_corpus, duo_cache, tmp_path_factory.mktemp("ddp") / "run", "ddp", 4)
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(ddp_run):
+    fingerprints = [(ddp_run / f"rank{r}.txt").read_text() for r in range(2)]
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, tiny_corpus, duo_cache, tmp_path):
+    """Sharding changes where the weights live, not what training computes: FSDP ends
+    with DDP's weights, EMA and validation NELBO (up to the order of float additions in
+    the gradient-norm clip); its single-file checkpoint has DDP's layout; a run stopped
+    at step 2 and resumed ends exactly where the uninterrupted one does, EMA included;
+    the samples drawn at the end (every rank gathers the shards) are saved by rank 0."""
+    full = launch(tiny_corpus, duo_cache, tmp_path / "full", "fsdp", 4, "sample.num_samples=2",
+                  "sample.steps=4")
+    ref, got = checkpoint(ddp_run), checkpoint(full)
+    assert got["state_dict"].keys() == ref["state_dict"].keys()
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert got["ema"]["num_updates"] == ref["ema"]["num_updates"] == 4
+    for a, b in zip(got["ema"]["shadow_params"], ref["ema"]["shadow_params"]):
+        assert a.shape == b.shape  # gathered, not one rank's shard
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert val_nelbo(full) == pytest.approx(val_nelbo(ddp_run), rel=1e-5)
+    # Ranks hold different shards; rank 0 saved the samples every rank drew.
+    assert (full / "rank0.txt").read_text() != (full / "rank1.txt").read_text()
+    saved = json.loads(next((full / "samples").glob("step_*.json")).read_text())["texts"]
+    assert saved == json.loads((full / "returned_samples.json").read_text()) and len(saved) == 2
+
+    part = tmp_path / "part"
+    launch(tiny_corpus, duo_cache, part, "fsdp", 2)
+    launch(tiny_corpus, duo_cache, part, "fsdp", 4)  # resumes from last.ckpt at step 2
+    resumed = checkpoint(part)
+    for key, value in got["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    assert resumed["ema"]["num_updates"] == 4
+    for a, b in zip(resumed["ema"]["shadow_params"], got["ema"]["shadow_params"]):
+        assert torch.equal(a, b)
