@@ -18,12 +18,18 @@ def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str)
         corpus, cache, run_dir, f"trainer.max_steps={steps}", "trainer.accelerator=cpu",
         "trainer.devices=2", f"trainer.strategy={strategy}", "model.n_blocks=2",
         "algo.curriculum=none", "trainer.val_every=2", "trainer.ckpt_every=2", *extra)
-    script = run_dir.parent / f"{run_dir.name}_{steps}.py"
+    return run_script(run_dir, f"{run_dir.name}_{steps}", f"train(build_config({overrides!r}), callbacks=[Fingerprint()])")
+
+
+def run_script(run_dir: Path, name: str, call: str) -> Path:
+    """Run ``result = <call>`` (``train`` or ``distill``) in a fresh Python process."""
+    script = run_dir.parent / f"{name}.py"
     script.write_text(textwrap.dedent(f"""
         import hashlib, json
         import lightning.pytorch as pl
         from duo.experiment import build_config
         from duo.training import train
+        from duo.training.distill import distill
 
         class Fingerprint(pl.Callback):
             def on_train_end(self, trainer, module):
@@ -34,7 +40,7 @@ def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str)
                 out = {str(run_dir)!r} + f"/rank{{trainer.global_rank}}.txt"
                 open(out, "w").write(h.hexdigest())
 
-        result = train(build_config({overrides!r}), callbacks=[Fingerprint()])
+        result = {call}
         if result.samples:
             json.dump(result.samples, open({str(run_dir)!r} + "/returned_samples.json", "w"))
     """))
@@ -93,3 +99,23 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, tiny_corpus, duo_cach
     assert resumed["ema"]["num_updates"] == 4
     for a, b in zip(resumed["ema"]["shadow_params"], got["ema"]["shadow_params"]):
         assert torch.equal(a, b)
+
+
+def test_fsdp_distillation_matches_ddp(ddp_run, tmp_path):
+    """The teacher is a whole copy of the (sharded) student, refreshed each round."""
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        overrides = ["distill.rounds=2", "distill.steps_per_round=2", "distill.T0=16",
+                     "trainer.accelerator=cpu", "trainer.devices=2", f"trainer.strategy={strategy}",
+                     "trainer.ckpt_every=2", "trainer.val_every=2", f"run_dir={out}"]
+        run_script(out, f"distill_{strategy}", f"distill({str(ddp_run)!r}, {overrides!r}, callbacks=[Fingerprint()])")
+        runs[strategy] = checkpoint(out)
+    ref, got = runs["ddp"], runs["fsdp"]
+    assert got["global_step"] == 4
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    teachers = [r["callbacks"]["TeacherRefresh"] for r in (ref, got)]
+    assert teachers[0]["round"] == teachers[1]["round"] == 1
+    for key, value in teachers[0]["teacher"].items():
+        torch.testing.assert_close(teachers[1]["teacher"][key], value, rtol=1e-5, atol=1e-6, msg=key)

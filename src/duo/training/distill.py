@@ -7,7 +7,6 @@ run resumed mid-round has the same teacher and step size ``delta``.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,7 +16,9 @@ from ..checkpoints import load_checkpoint
 from ..config import ConfigError
 from ..experiment import build_config, replace_section
 from ..methods import round_and_delta
+from ..models import build_model
 from .run import TrainResult, train
+from .sharding import full_state_dict
 
 
 class TeacherRefresh(pl.Callback):
@@ -29,7 +30,9 @@ class TeacherRefresh(pl.Callback):
 
     def _attach(self, pl_module) -> None:
         if self.teacher is None:
-            self.teacher = copy.deepcopy(pl_module.backbone).requires_grad_(False).eval()
+            # A fresh, whole model: the student may be sharded (FSDP) or compiled.
+            self.teacher = build_model(pl_module.backbone.config).requires_grad_(False).eval()
+            self.teacher.load_state_dict(full_state_dict(pl_module.backbone))
             if self._pending is not None:
                 self.teacher.load_state_dict(self._pending)
                 self._pending = None
@@ -51,9 +54,9 @@ class TeacherRefresh(pl.Callback):
         use_ema = pl_module.method.dcfg.teacher == "ema" and pl_module.ema is not None
         if use_ema:
             with pl_module.ema.swapped_in(pl_module.backbone):
-                self.teacher.load_state_dict(pl_module.backbone.state_dict())
+                self.teacher.load_state_dict(full_state_dict(pl_module.backbone))
         else:
-            self.teacher.load_state_dict(pl_module.backbone.state_dict())
+            self.teacher.load_state_dict(full_state_dict(pl_module.backbone))
         self.teacher_round = n
         self.refreshes.append(step)
 

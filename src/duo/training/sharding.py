@@ -13,7 +13,8 @@ writes, readable by ``duo sample`` on one device), not one file per rank.
 from __future__ import annotations
 
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 
 class FSDPStrategy(ModelParallelStrategy):
@@ -58,7 +59,9 @@ def reshard(module: nn.Module) -> None:
             m.reshard()
 
 
-def is_sharded(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
+def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """``module.state_dict()`` with whole tensors; gathers FSDP shards, so under FSDP
+    every rank must call it."""
+    reshard(module)
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v
+            for k, v in module.state_dict().items()}
