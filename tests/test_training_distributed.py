@@ -1,6 +1,7 @@
 """Two CPU processes (gloo): DDP and FSDP2 (``trainer.strategy=fsdp``) training runs."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,17 +13,21 @@ import torch
 from conftest import tiny_overrides
 
 
-def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str) -> Path:
+def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str,
+           envs: list[dict] | None = None) -> Path:
     """Train on two CPU processes; each rank writes a SHA-256 of the weights it holds."""
     overrides = tiny_overrides(
         corpus, cache, run_dir, f"trainer.max_steps={steps}", "trainer.accelerator=cpu",
         "trainer.devices=2", f"trainer.strategy={strategy}", "model.n_blocks=2",
         "algo.curriculum=none", "trainer.val_every=2", "trainer.ckpt_every=2", *extra)
-    return run_script(run_dir, f"{run_dir.name}_{steps}", f"train(build_config({overrides!r}), callbacks=[Fingerprint()])")
+    return run_script(run_dir, f"{run_dir.name}_{steps}",
+                      f"train(build_config({overrides!r}), callbacks=[Fingerprint()])", envs)
 
 
-def run_script(run_dir: Path, name: str, call: str) -> Path:
-    """Run ``result = <call>`` (``train`` or ``distill``) in a fresh Python process."""
+def run_script(run_dir: Path, name: str, call: str, envs: list[dict] | None = None) -> Path:
+    """Run ``result = <call>`` (``train`` or ``distill``) in a fresh Python process, or
+    in one per entry of ``envs`` (processes started by hand, as a cluster launcher
+    would)."""
     script = run_dir.parent / f"{name}.py"
     script.write_text(textwrap.dedent(f"""
         import hashlib, json
@@ -44,8 +49,12 @@ def run_script(run_dir: Path, name: str, call: str) -> Path:
         if result.samples:
             json.dump(result.samples, open({str(run_dir)!r} + "/returned_samples.json", "w"))
     """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**os.environ, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for env in (envs or [{}])]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
     return run_dir
 
 
@@ -68,15 +77,18 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(ddp_run):
     assert fingerprints[0] == fingerprints[1]
 
 
-def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, tiny_corpus, duo_cache, tmp_path):
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_corpus, duo_cache, tmp_path_factory):
+    return launch(tiny_corpus, duo_cache, tmp_path_factory.mktemp("fsdp") / "run", "fsdp", 4,
+                  "sample.num_samples=2", "sample.steps=4")
+
+
+def test_fsdp_trains_like_ddp(ddp_run, fsdp_run):
     """Sharding changes where the weights live, not what training computes: FSDP ends
     with DDP's weights, EMA and validation NELBO (up to the order of float additions in
-    the gradient-norm clip); its single-file checkpoint has DDP's layout; a run stopped
-    at step 2 and resumed ends exactly where the uninterrupted one does, EMA included;
-    the samples drawn at the end (every rank gathers the shards) are saved by rank 0."""
-    full = launch(tiny_corpus, duo_cache, tmp_path / "full", "fsdp", 4, "sample.num_samples=2",
-                  "sample.steps=4")
-    ref, got = checkpoint(ddp_run), checkpoint(full)
+    the gradient-norm clip); its single-file checkpoint has DDP's layout; the samples
+    drawn at the end (every rank gathers the shards) are saved by rank 0."""
+    ref, got = checkpoint(ddp_run), checkpoint(fsdp_run)
     assert got["state_dict"].keys() == ref["state_dict"].keys()
     for key, value in ref["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
@@ -84,21 +96,37 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, tiny_corpus, duo_cach
     for a, b in zip(got["ema"]["shadow_params"], ref["ema"]["shadow_params"]):
         assert a.shape == b.shape  # gathered, not one rank's shard
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert val_nelbo(full) == pytest.approx(val_nelbo(ddp_run), rel=1e-5)
+    assert val_nelbo(fsdp_run) == pytest.approx(val_nelbo(ddp_run), rel=1e-5)
     # Ranks hold different shards; rank 0 saved the samples every rank drew.
-    assert (full / "rank0.txt").read_text() != (full / "rank1.txt").read_text()
-    saved = json.loads(next((full / "samples").glob("step_*.json")).read_text())["texts"]
-    assert saved == json.loads((full / "returned_samples.json").read_text()) and len(saved) == 2
+    assert (fsdp_run / "rank0.txt").read_text() != (fsdp_run / "rank1.txt").read_text()
+    saved = json.loads(next((fsdp_run / "samples").glob("step_*.json")).read_text())["texts"]
+    assert saved == json.loads((fsdp_run / "returned_samples.json").read_text()) and len(saved) == 2
 
+
+def test_fsdp_resumes_exactly(fsdp_run, tiny_corpus, duo_cache, tmp_path):
+    """A run stopped at step 2 and resumed ends where the uninterrupted one does, EMA
+    included."""
     part = tmp_path / "part"
     launch(tiny_corpus, duo_cache, part, "fsdp", 2)
     launch(tiny_corpus, duo_cache, part, "fsdp", 4)  # resumes from last.ckpt at step 2
-    resumed = checkpoint(part)
+    got, resumed = checkpoint(fsdp_run), checkpoint(part)
     for key, value in got["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
     assert resumed["ema"]["num_updates"] == 4
     for a, b in zip(resumed["ema"]["shadow_params"], got["ema"]["shadow_params"]):
         assert torch.equal(a, b)
+
+
+def test_two_nodes_train_like_one_node_with_two_devices(fsdp_run, tiny_corpus, duo_cache, tmp_path):
+    """trainer.num_nodes=2 with one process per node, started by hand with the variables
+    a cluster launcher sets, is the same 2-rank job as one node with two devices."""
+    envs = [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29_500 + os.getpid() % 1000),
+             "WORLD_SIZE": "2", "NODE_RANK": str(node), "LOCAL_RANK": "0"} for node in (0, 1)]
+    nodes = launch(tiny_corpus, duo_cache, tmp_path / "nodes", "fsdp", 4, "trainer.devices=1",
+                   "trainer.num_nodes=2", "sample.num_samples=2", "sample.steps=4", envs=envs)
+    got, ref = checkpoint(nodes), checkpoint(fsdp_run)
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
 
 
 def test_fsdp_distillation_matches_ddp(ddp_run, tmp_path):
