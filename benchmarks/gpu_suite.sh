@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One consolidated run on a lent GPU (the device tool): throughput/MFU, curriculum
-# memory, the curriculum benchmark and the distillation benchmark. Results go to $OUT.
-#   bash benchmarks/gpu_suite.sh            (OUT defaults to ./gpu-out)
+# One consolidated run on a lent GPU (the device tool): throughput/MFU, the fused losses,
+# FSDP on a GPU; with RUN_CD=1 also curriculum memory, the curriculum benchmark and the
+# distillation benchmark (measured in earlier sessions). Results go to $OUT.
+#   bash benchmarks/gpu_suite.sh            (OUT defaults to ./gpu-out; about 5 minutes without RUN_CD)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DUO_CACHE=/tmp/duo-cache TOKENIZERS_PARALLELISM=false
@@ -11,16 +12,23 @@ section() { echo "=== $1 ($(date +%T))" | tee -a "$LOG"; }
 section "device"; nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
 python -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" 2>&1 | tee -a "$LOG"
 
+# MFU of small at L = 1024: the network compiled as trainer.compile=true does, and the
+# Duo loss either the library's fused backward (eager) or autograd fused by torch.compile.
+TT="python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6"
 section "A: training throughput, small, L=1024"
 {
-  timeout 70 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --loss-chunk-elements 134217728
-  timeout 50 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --loss-chunk-elements 16777216
-  timeout 120 python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6 --warmup 3 --compile --loss-chunk-elements 134217728
+  timeout 70 $TT --loss-chunk-elements 134217728
+  timeout 150 $TT --warmup 3 --compile --loss fused --loss-chunk-elements 1073741824
+  timeout 150 $TT --warmup 3 --compile --loss autograd-compiled --loss-chunk-elements 1073741824
 } 2>&1 | grep -v Warning | tee -a "$LOG" | grep -E "^\||device" > "$OUT/gpu_perf.md"
 
-section "A2: Duo loss, autograd vs fused backward, 16k tokens"
-timeout 60 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
+section "A2: Duo loss and distillation KL: autograd vs fused backward, eager and compiled, 16k tokens"
+timeout 150 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 --compile 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 timeout 60 python benchmarks/loss_speed.py --loss kl --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
+
+section "E: DDP vs FSDP (trainer.strategy=fsdp) on one GPU: nccl, bf16, state per rank"
+timeout 240 python benchmarks/fsdp_memory.py --preset small --devices 1 --accelerator gpu --seq-len 1024 --steps 3 2>&1 | tee -a "$LOG" | grep -E "^\||preset" >> "$OUT/gpu_perf.md"
+[ "${RUN_CD:-0}" = 1 ] || { section "done (set RUN_CD=1 for B, C, D)"; exit 0; }
 
 section "B: curriculum memory at K=50257"
 timeout 60 python benchmarks/curriculum_memory.py --with-model --batch 16 --length 1024 --repeats 1 2>&1 | tee -a "$LOG" | grep -E "^\||K=" >> "$OUT/gpu_perf.md"

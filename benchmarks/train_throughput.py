@@ -19,12 +19,29 @@ import time
 import torch
 
 from duo.experiment import build_config
+from duo.losses import usdm_nelbo
+from duo.methods.duo import _nelbo_from_logits as duo_nelbo_from_logits
 from duo.models import compile_backbone, count_parameters, flops_per_token
 from duo.training.module import build_method
 
 
+def _autograd_nelbo(s, z, x, a, da):
+    return usdm_nelbo(s.log_softmax(-1), z, x, a, da)
+
+
+# The Duo NELBO from logits: the library's hand-written backward (eager; compiling it
+# made it 5x slower on CPU, benchmarks/loss_speed.py --compile), or autograd through
+# log-softmax, eager or fused by torch.compile (the best on an H100 in session 2).
+LOSSES = {
+    "fused": lambda: duo_nelbo_from_logits,
+    "autograd": lambda: _autograd_nelbo,
+    "autograd-compiled": lambda: torch.compile(_autograd_nelbo),
+}
+
+
 def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device: str,
-          compile_model: bool, vocab: int, algo: str, curriculum: str, chunk: int) -> dict:
+          compile_model: bool, vocab: int, algo: str, curriculum: str, chunk: int,
+          loss: str = "fused") -> dict:
     overrides = [f"algo={algo}", f"model={preset}", f"model.max_seq_len={max(seq_len, 8)}"]
     if algo == "duo" and curriculum != "none":
         overrides += [f"algo.curriculum={curriculum}", "algo.curriculum_steps=1000000"]
@@ -33,12 +50,11 @@ def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device
     backbone.to(device).train()
     backbone.check_inputs = False
     method.loss_chunk_elements = chunk
-    if compile_model:
-        compile_backbone(backbone)
-        # The loss is elementwise work over (B, L, K): fusing it matters at K = 50k.
-        import duo.methods.duo as duo_method
+    import duo.methods.duo as duo_method
 
-        duo_method._nelbo_from_logits = torch.compile(duo_method._nelbo_from_logits)
+    duo_method._nelbo_from_logits = LOSSES[loss]()
+    if compile_model:
+        compile_backbone(backbone)  # what trainer.compile=true does
     opt = torch.optim.AdamW(backbone.parameters(), lr=1e-4, fused=device == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, vocab, (batch, seq_len), device=device, generator=gen)
@@ -68,7 +84,7 @@ def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device
     fpt = flops_per_token(backbone.config, seq_len)
     return {
         "preset": preset, "algo": algo, "curriculum": curriculum, "device": device,
-        "compile": compile_model, "chunk": chunk, "batch": batch, "seq_len": seq_len, "vocab": vocab,
+        "compile": compile_model, "loss": loss, "chunk": chunk, "batch": batch, "seq_len": seq_len, "vocab": vocab,
         "params": count_parameters(backbone), "step_s": dt, "tokens_per_s": tok_s,
         "tflops": tok_s * fpt / 1e12,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
@@ -87,6 +103,8 @@ def main() -> None:
     ap.add_argument("--algo", default="duo")
     ap.add_argument("--curriculum", default="none", choices=["none", "full", "topk"])
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--loss", choices=sorted(LOSSES), default="fused",
+                    help="Duo's NELBO: hand-written backward (the library's) or autograd")
     ap.add_argument("--loss-chunk-elements", type=int, default=2**24,
                     help="logits elements per chunk of the output layer + loss")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -99,15 +117,16 @@ def main() -> None:
     for preset in args.presets:
         vocab = args.tiny_vocab if preset == "tiny" else args.vocab
         rows.append(bench(preset, args.batch, args.seq_len, args.steps, args.warmup, args.device,
-                          args.compile, vocab, args.algo, args.curriculum, args.loss_chunk_elements))
+                          args.compile, vocab, args.algo, args.curriculum, args.loss_chunk_elements,
+                          args.loss))
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| preset | algo | curriculum | compile | B x L | K | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| preset | algo | curriculum | compile | loss | B x L | K | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = r["tflops"] / args.peak_tflops if args.device == "cuda" else float("nan")
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-        print(f"| {r['preset']} | {r['algo']} | {r['curriculum']} | {r['compile']} | {r['batch']} x {r['seq_len']} | "
+        print(f"| {r['preset']} | {r['algo']} | {r['curriculum']} | {r['compile']} | {r['loss']} | {r['batch']} x {r['seq_len']} | "
               f"{r['vocab']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} | "
               f"{mfu:.1%} | {mem} |")
         if args.json:
