@@ -48,8 +48,9 @@ class TrainerConfig:
     seed: int = 0
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     compile: bool = False
-    # Logits elements per chunk of the output layer + loss (memory vs kernel launches).
-    loss_chunk_elements: int = 2**24
+    # Logits elements per chunk of the output layer + loss (memory vs kernel launches);
+    # None = 2^24 on CPU, 2^27 on accelerators.
+    loss_chunk_elements: int | None = None
     resume: bool = True  # continue from run_dir/checkpoints/last.ckpt when present
     progress_bar: bool = True
 
@@ -58,6 +59,9 @@ class TrainerConfig:
                      "log_every", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name}={getattr(self, name)} must be >= 1")
+        if self.loss_chunk_elements is not None and self.loss_chunk_elements < 1:
+            raise ConfigError(f"trainer.loss_chunk_elements={self.loss_chunk_elements} must be >= 1 "
+                              "(or null: chosen by device)")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ConfigError(f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
         if self.lr <= 0:

@@ -38,8 +38,15 @@ def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return batch.get("attention_mask")
 
 
+# Default logits elements per chunk of token_loss. On an H100 (session 2, small, B x L
+# = 16 x 1024, K = 50,257, eager bf16) 2^27 made the step 2.2x faster than 2^24 for
+# 2.6 GiB more memory; on CPU the chunk size barely changes the speed.
+LOSS_CHUNK = {"cpu": 2**24}
+LOSS_CHUNK_ACCELERATOR = 2**27
+
+
 def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
-               max_elements: int = 2**24) -> Tensor:
+               max_elements: int | None = None) -> Tensor:
     """Per-token loss ``fn(logits (1, n, K), *rows (1, n, ...)) -> (1, n)`` as (B, L).
 
     With a large vocabulary the (B, L, K) logits and the loss's float32 intermediates
@@ -47,11 +54,14 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     and the loss run on chunks of about ``max_elements / K`` tokens under activation
     checkpointing: only the final hidden states (B, L, D) are kept for backward, and
     the logits exist for one chunk at a time. ``rows`` are per-token tensors with
-    leading dims (B, L). Small inputs take the direct path.
+    leading dims (B, L). Small inputs take the direct path. ``max_elements=None`` picks
+    the chunk by device (:data:`LOSS_CHUNK`).
     """
     h, c = backbone.hidden(model_input, sigma)
     head = backbone.output_layer
     B, L, D = h.shape
+    if max_elements is None:
+        max_elements = LOSS_CHUNK.get(h.device.type, LOSS_CHUNK_ACCELERATOR)
     K = head.linear.out_features
     per_chunk = max(1, max_elements // K)
     if per_chunk >= B * L:

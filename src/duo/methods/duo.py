@@ -42,7 +42,7 @@ class DuoMethod:
 
     name = "duo"
     process = "uniform"
-    loss_chunk_elements = 2**24  # logits elements per loss chunk (see token_loss)
+    loss_chunk_elements: int | None = None  # logits elements per loss chunk (None: by device, see token_loss)
 
     def __init__(self, cfg: DuoConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
         self.cfg = cfg.validate()
