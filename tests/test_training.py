@@ -88,6 +88,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
         (["trainer.batch_size=10", "trainer.micro_batch_size=4"], None),
         (["oops"], "not key=value"),
         (["trainer.strategy=fsdp_cpu_offload"], "flattens the weights.*use trainer.strategy=fsdp"),
+        (["trainer.loss_chunk_elements=0"], "loss_chunk_elements=0 must be >= 1"),
     ],
 )
 def test_bad_config_gives_one_line_errors(overrides, match, tmp_path):
