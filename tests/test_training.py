@@ -24,8 +24,9 @@ def losses(run_dir) -> dict[int, float]:
 @pytest.mark.parametrize("algo", ["duo", "mdlm", "ar"])
 def test_a_few_steps_lower_the_loss(algo, tiny_corpus, duo_cache, tmp_path):
     cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / algo, f"algo={algo}",
-                                      "trainer.max_steps=40"))
+                                      "trainer.max_steps=40", "sample.num_samples=2", "sample.steps=4"))
     result = train(cfg)
+    assert len(result.samples) == 2  # decoded at the end, with each method's sampler
     curve = losses(result.run_dir)
     first = sum(curve[s] for s in range(1, 6)) / 5
     last = sum(curve[s] for s in range(36, 41)) / 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..generation import generate_text
@@ -12,20 +13,17 @@ from ..utils.io import atomic_write_text
 def sample_texts(module, tokenizer, sample_cfg, run_dir: Path | None) -> list[str]:
     """Samples with the EMA weights, saved under ``run_dir/samples`` unless it is None."""
     method = module.method
-    ctx = module.ema.swapped_in(module.backbone) if module.ema is not None else None
-    if ctx is not None:
-        ctx.__enter__()
-    try:
-        sampler = sample_cfg.sampler
-        if sampler == "ancestral" and method.process != "uniform":
-            sampler = None  # the method's own default (mdlm / ar)
+    sampler = sample_cfg.sampler
+    if sampler == "ancestral" and method.process != "uniform":
+        sampler = None  # the method's own default (mdlm / ar)
+    # An AR sample starts a new document, as the training rows' documents do.
+    options = {"bos_id": tokenizer.bos_id} if method.process == "causal" else None
+    ema = module.ema.swapped_in(module.backbone) if module.ema is not None else nullcontext()
+    with ema:
         gen = generate_text(
-            method, tokenizer, num_samples=sample_cfg.num_samples,
-            seq_len=module.cfg.data.seq_len, sampler=sampler, steps=sample_cfg.steps, seed=0,
+            method, tokenizer, num_samples=sample_cfg.num_samples, seq_len=module.cfg.data.seq_len,
+            sampler=sampler, steps=sample_cfg.steps, seed=0, options=options,
         )
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     if run_dir is None:
         return gen.texts
     out = Path(run_dir) / "samples"
