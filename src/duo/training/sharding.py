@@ -12,6 +12,7 @@ writes, readable by ``duo sample`` on one device), not one file per rank.
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -41,10 +42,11 @@ def shard_backbone(backbone: nn.Module, mesh) -> nn.Module:
         return backbone
     for block in backbone.blocks:
         fully_shard(block, mesh=mesh)
-    fully_shard(backbone, mesh=mesh)
-    # The losses call ``hidden`` and then the output layer themselves (in chunks), so
-    # ``hidden`` must gather the root's weights as ``forward`` does. The root keeps them
-    # gathered until its backward ends, which covers those output-layer calls.
+    # The losses call ``hidden`` and then the output layer themselves (in chunks, again
+    # in backward under activation checkpointing), so ``hidden`` must gather the root's
+    # weights as ``forward`` does, and the root must keep them gathered after it (until
+    # its backward ends, or the next reshard): the output layer is the root's.
+    fully_shard(backbone, mesh=mesh, reshard_after_forward=False)
     register_fsdp_forward_method(backbone, "hidden")
     return backbone
 
@@ -59,9 +61,15 @@ def reshard(module: nn.Module) -> None:
             m.reshard()
 
 
-def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    """``module.state_dict()`` with whole tensors; gathers FSDP shards, so under FSDP
-    every rank must call it."""
-    reshard(module)
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v
-            for k, v in module.state_dict().items()}
+@torch.no_grad()
+def copy_gathered(dst: nn.Module, src: nn.Module) -> None:
+    """Copy ``src``'s weights (possibly FSDP shards) into the whole model ``dst``, one
+    tensor at a time, so no second full copy of the model is ever allocated. Under FSDP
+    this gathers shards: every rank must call it."""
+    reshard(src)
+    target = dst.state_dict()
+    source = src.state_dict()
+    if source.keys() != target.keys():
+        raise ValueError("copy_gathered: the two models have different parameters")
+    for key, value in source.items():
+        target[key].copy_(value.full_tensor() if isinstance(value, DTensor) else value)
