@@ -37,6 +37,8 @@ def _train(args: list[str]) -> int:
     cfg = build_config(args)
     print(f"run directory: {cfg.run_dir}")
     result = train(cfg)
+    if not result.is_global_zero:
+        return 0  # rank 0 reports for every process
     if result.val_ppl is not None:
         print(f"validation perplexity <= {result.val_ppl:.2f} (NELBO {result.val_nelbo:.4f} nats/token)")
     for i, text in enumerate(result.samples):

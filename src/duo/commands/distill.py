@@ -13,6 +13,8 @@ def main(args: list[str]) -> int:
         raise ConfigError("duo distill needs checkpoint=<a duo run directory or .ckpt>")
     rest = [a for a in args if not a.startswith("checkpoint=")]
     result = distill(checkpoint[-1], rest)
+    if not result.is_global_zero:
+        return 0  # rank 0 reports for every process
     print(f"distilled model: {result.checkpoint}")
     if result.val_ppl is not None:
         print(f"validation perplexity <= {result.val_ppl:.2f}")

@@ -38,6 +38,7 @@ class TrainResult:
     val_nelbo: float | None
     val_ppl: float | None
     samples: list[str]
+    is_global_zero: bool = True  # False in the other processes of a multi-process run
 
 
 def resolve_world(cfg: TrainConfig) -> tuple[str, int]:
@@ -173,5 +174,6 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
         val_nelbo=nelbo,
         val_ppl=math.exp(min(nelbo, 50.0)) if nelbo is not None else None,
         samples=samples,
+        is_global_zero=trainer.is_global_zero,
     )
 
