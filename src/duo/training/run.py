@@ -141,6 +141,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+    # Validation sums are reduced over ranks by the module itself (exact token counts).
+    warnings.filterwarnings("ignore", ".*recommended to use `self.log\\('val/.*sync_dist=True.*")
 
     data = TextDataModule(cfg, micro)
     data.prepare_data()
