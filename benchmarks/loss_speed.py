@@ -6,6 +6,7 @@ distillation KL, `duo.fused_kl`).
     python benchmarks/loss_speed.py --loss kl            # the reverse distillation KL
     python benchmarks/loss_speed.py --device cuda --tokens 16384
     python benchmarks/loss_speed.py --compile            # adds torch.compile'd variants
+    python benchmarks/loss_speed.py --loss nelbo-backends --device cuda   # Triton vs PyTorch passes
 
 For each variant: forward + backward time of the loss on float32 logits (min and median
 of ``--repeats`` runs, both variants alternating in one process so they see the same
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -28,6 +30,13 @@ from duo.fused_nelbo import usdm_nelbo_from_logits
 from duo.losses import distillation_kl, usdm_nelbo
 from duo.utils.memory import saved_tensor_bytes
 
+def _with_triton(flag: str, fn, *args):
+    """``fn(*args)`` with the Triton kernels on ("1") or off ("0"); the loss reads the
+    flag in forward and backward, so it stays set until backward is done."""
+    os.environ["DUO_TRITON"] = flag
+    return fn(*args)
+
+
 # Every variant takes (logits, z, x, alpha, dalpha, teacher log-probs).
 LOSSES = {
     "nelbo": {
@@ -35,6 +44,13 @@ LOSSES = {
             lambda s, z, x, a, da, t: usdm_nelbo(s.log_softmax(-1), z, x, a, da),
         "fused (usdm_nelbo_from_logits)":
             lambda s, z, x, a, da, t: usdm_nelbo_from_logits(s, z, x, a, da),
+    },
+    # On CUDA with Triton the fused NELBO runs Triton kernels; this adds its PyTorch passes.
+    "nelbo-backends": {
+        "fused, Triton kernels where available":
+            lambda s, z, x, a, da, t: _with_triton("1", usdm_nelbo_from_logits, s, z, x, a, da),
+        "fused, PyTorch passes":
+            lambda s, z, x, a, da, t: _with_triton("0", usdm_nelbo_from_logits, s, z, x, a, da),
     },
     "kl": {
         "autograd (log_softmax + distillation_kl)":

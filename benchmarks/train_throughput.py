@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 
 import torch
@@ -32,8 +33,14 @@ def _autograd_nelbo(s, z, x, a, da):
 # The Duo NELBO from logits: the library's hand-written backward (eager; compiling it
 # made it 5x slower on CPU, benchmarks/loss_speed.py --compile), or autograd through
 # log-softmax, eager or fused by torch.compile (the best on an H100 in session 2).
+def _fused_pytorch():
+    os.environ["DUO_TRITON"] = "0"  # the fused loss's PyTorch passes, not its Triton kernels
+    return duo_nelbo_from_logits
+
+
 LOSSES = {
-    "fused": lambda: duo_nelbo_from_logits,
+    "fused": lambda: duo_nelbo_from_logits,  # Triton kernels on CUDA when installed
+    "fused-pytorch": _fused_pytorch,
     "autograd": lambda: _autograd_nelbo,
     "autograd-compiled": lambda: torch.compile(_autograd_nelbo),
 }

@@ -10,7 +10,8 @@ with ``p = softmax(logits)``, and its gradient has a closed form:
 
 so this function keeps only the logits and two numbers per token, and backward
 rebuilds ``p`` and ``w`` in one pass over cache-sized row chunks. The two gathered
-terms (at ``z_t`` and ``x``) and the per-token closed form are small.
+terms (at ``z_t`` and ``x``) and the per-token closed form are small. On CUDA with
+Triton, the row passes run as kernels (:mod:`duo.kernels.nelbo_triton`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .kernels import nelbo_triton
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
 
@@ -32,28 +34,57 @@ def _coefficients(K: int, a: Tensor, da: Tensor, r: Tensor, hit: Tensor,
     return c / xh_i, c * (K / (b * torch.exp(a_i)) - (K + r) / xh_i), c * r / xh_i
 
 
+def _row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of ``logits`` (N, K): largest logit, mass sum_j exp(s_j - top) and
+    ``lam = sum_j log1p(r p_j)``, each (N,), in cache-sized row chunks."""
+    n, K = logits.shape
+    top = torch.empty(n, dtype=logits.dtype, device=logits.device)
+    mass = torch.empty_like(top)
+    lam = torch.empty_like(top)
+    parts = row_chunks(n, K, logits.device)
+    buf = logits.new_empty(parts[0].stop * K if parts else 0)  # one chunk's buffer, reused
+    for rows in parts:
+        part = logits[rows]
+        t = buf[: part.numel()].view(part.shape)
+        top[rows] = part.amax(-1)
+        mass[rows] = torch.sub(part, top[rows, None], out=t).exp_().sum(-1)
+        # log1p(r p) with p = t / mass: the exponentials are computed once.
+        lam[rows] = t.mul_((r[rows] / mass[rows])[:, None]).log1p_().sum(-1)
+    return top, mass, lam
+
+
+def _lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor,
+              point: Tensor) -> Tensor:
+    """(N, K): ``g_lam w - (g_lam sum(w) + point) p``, ``w = r p / (1 + r p)``."""
+    n, K = logits.shape
+    out = torch.empty_like(logits)
+    parts = row_chunks(n, K, logits.device)
+    bufs = logits.new_empty(3, parts[0].stop * K if parts else 0)  # e, w, 1 + r p of a chunk
+    for rows in parts:
+        shape = logits[rows].shape
+        e, w, den = (b[: shape[0] * K].view(shape) for b in bufs)
+        torch.sub(logits[rows], top[rows, None], out=e).exp_()  # p = e / mass
+        torch.mul(e, (r[rows] / mass[rows])[:, None], out=w)
+        w.div_(torch.add(w, 1.0, out=den))  # r p / (1 + r p), accurate for small r p
+        total = g_lam[rows] * w.sum(-1) + point[rows]
+        torch.mul(w, g_lam[rows, None], out=out[rows]).addcmul_(e, (-total / mass[rows])[:, None])
+    return out
+
+
 class _NelboFromLogits(torch.autograd.Function):
     """Rows of logits (N, K) with ids ``z``, ``x`` (N,) and ``a``, ``da``, ``r`` (N,) in the
     logits' dtype -> per-token NELBO (N,)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, z: Tensor, x: Tensor, a: Tensor, da: Tensor, r: Tensor) -> Tensor:
-        n, K = logits.shape
+        K = logits.shape[1]
         # Per token: the largest logit and the mass of exp(logits - top). Kept apart (not
         # as one log-sum-exp, whose rounding at large logits would scale every p of the
         # row alike and, amplified by 1/r, spoil the gradient at small alpha).
-        top = torch.empty(n, dtype=logits.dtype, device=logits.device)
-        mass = torch.empty_like(top)
-        lam = torch.empty_like(top)
-        parts = row_chunks(n, K, logits.device)
-        buf = logits.new_empty(parts[0].stop * K if parts else 0)  # one chunk's buffer, reused
-        for rows in parts:
-            part = logits[rows]
-            t = buf[: part.numel()].view(part.shape)
-            top[rows] = part.amax(-1)
-            mass[rows] = torch.sub(part, top[rows, None], out=t).exp_().sum(-1)
-            # log1p(r p) with p = t / mass: the exponentials are computed once.
-            lam[rows] = t.mul_((r[rows] / mass[rows])[:, None]).log1p_().sum(-1)
+        if nelbo_triton.available(logits):
+            top, mass, lam = nelbo_triton.row_stats(logits, r)
+        else:
+            top, mass, lam = _row_stats(logits, r)
         log_mass = mass.log()
         p_z = ((logits.gather(1, z[:, None]).squeeze(1) - top) - log_mass).exp()
         p_x = ((logits.gather(1, x[:, None]).squeeze(1) - top) - log_mass).exp()
@@ -66,22 +97,15 @@ class _NelboFromLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         logits, top, mass, z, x, a, da, r, hit, a_i, p_z, p_x = ctx.saved_tensors
-        n, K = logits.shape
+        K = logits.shape[1]
         g_lam, g_a, g_c = (grad * c for c in _coefficients(K, a, da, r, hit, a_i))
         w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
         # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
         point = g_a * w_z + g_c * w_x
-        out = torch.empty_like(logits)
-        parts = row_chunks(n, K, logits.device)
-        bufs = logits.new_empty(3, parts[0].stop * K if parts else 0)  # e, w, 1 + r p of a chunk
-        for rows in parts:
-            shape = logits[rows].shape
-            e, w, den = (b[: shape[0] * K].view(shape) for b in bufs)
-            torch.sub(logits[rows], top[rows, None], out=e).exp_()  # p = e / mass
-            torch.mul(e, (r[rows] / mass[rows])[:, None], out=w)
-            w.div_(torch.add(w, 1.0, out=den))  # r p / (1 + r p), accurate for small r p
-            total = g_lam[rows] * w.sum(-1) + point[rows]
-            torch.mul(w, g_lam[rows, None], out=out[rows]).addcmul_(e, (-total / mass[rows])[:, None])
+        if nelbo_triton.available(logits):
+            out = nelbo_triton.lam_grad(logits, top, mass, r, g_lam, point)
+        else:
+            out = _lam_grad(logits, top, mass, r, g_lam, point)
         out.scatter_add_(1, z[:, None], (g_a * w_z)[:, None])
         out.scatter_add_(1, x[:, None], (g_c * w_x)[:, None])
         return out, None, None, None, None, None

@@ -1,0 +1,1 @@
+"""Optional Triton kernels (used on CUDA when Triton is installed; PyTorch otherwise)."""

@@ -1,0 +1,85 @@
+"""The Triton kernels of the fused NELBO, run by Triton's CPU interpreter.
+
+They are what CUDA runs (when Triton is installed); here each kernel's values and
+gradients are compared with the PyTorch passes and with float64 autograd.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+CHECK = textwrap.dedent("""
+    import os, torch
+    from duo.fused_nelbo import usdm_nelbo_from_logits
+    from duo.kernels import nelbo_triton
+    from duo.losses import usdm_nelbo
+
+    def run(logits, z, x, alpha, dalpha, triton):
+        os.environ["DUO_TRITON"] = "1" if triton else "0"
+        leaf = logits.detach().requires_grad_()
+        out = usdm_nelbo_from_logits(leaf, z, x, alpha, dalpha)
+        out.backward(torch.linspace(0.5, 1.5, out.numel()).view(out.shape))
+        return out.detach(), leaf.grad
+
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    # K below one block, a multiple of none, and rows with -inf entries / large logits
+    for K, scale, alpha_lo in ((100, 3.0, 0.05), (5000, 3.0, 0.05), (4096, 40.0, 1e-4)):
+        B, L = 2, 7
+        logits = torch.randn(B, L, K, generator=g) * scale
+        logits[0, 0, 5:K // 2] = float("-inf")
+        x = torch.randint(0, K, (B, L), generator=g)
+        z = torch.where(torch.rand(B, L, generator=g) < 0.5, x, torch.randint(0, K, (B, L), generator=g))
+        z[0, 0], x[0, 0] = 1, 2  # finite logits there
+        alpha = torch.linspace(alpha_lo, 0.95, B)[:, None].expand(B, L)
+        dalpha = -torch.ones(B, L)
+        os.environ["DUO_TRITON"] = "1"
+        assert nelbo_triton.available(logits)
+        tri, tri_grad = run(logits, z, x, alpha, dalpha, True)
+        ref, ref_grad = run(logits, z, x, alpha, dalpha, False)
+        leaf = logits.double().requires_grad_()
+        exact = usdm_nelbo(leaf.log_softmax(-1), z, x, alpha.double(), dalpha.double())
+        exact.backward(torch.linspace(0.5, 1.5, exact.numel()).view(exact.shape).double())
+        exact_grad = torch.nan_to_num(leaf.grad, nan=0.0)  # autograd: NaN at -inf logits
+        fin = torch.isfinite(logits)
+        def err(a, b):
+            return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        e_val, e_grad = err(tri.double(), exact.detach()), err(tri_grad[fin].double(), exact_grad[fin])
+        r_val, r_grad = err(ref.double(), exact.detach()), err(ref_grad[fin].double(), exact_grad[fin])
+        assert torch.isfinite(tri).all() and torch.isfinite(tri_grad).all(), K
+        assert (tri_grad[~fin] == 0).all(), K
+        # as accurate as the PyTorch passes (float32), within a small factor
+        assert e_val <= max(4 * r_val, 1e-6) and e_grad <= max(4 * r_grad, 1e-6), (K, e_val, r_val, e_grad, r_grad)
+        worst = max(worst, e_val, e_grad)
+    # The row kernels alone, against float64, over rates r from tiny (where log(1 + y)
+    # in float32 would round every term to 0) to large.
+    from duo.fused_nelbo import _lam_grad
+    logits = torch.randn(6, 3000, generator=g) * 4
+    r = torch.tensor([1e-7, 1e-4, 0.3, 3.0, 300.0, 1e5])
+    top, mass, lam = nelbo_triton.row_stats(logits, r)
+    p64 = logits.double().softmax(-1)
+    lam64 = torch.log1p(r.double()[:, None] * p64).sum(-1)
+    assert ((lam.double() - lam64).abs() / lam64).max() < 1e-5, (lam, lam64)
+    assert torch.allclose(top, logits.amax(-1))
+    assert torch.allclose(mass.double(), (logits.double() - top.double()[:, None]).exp().sum(-1), rtol=1e-5)
+    g_lam, point = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    grad = nelbo_triton.lam_grad(logits, top, mass, r, g_lam, point)
+    w64 = r.double()[:, None] * p64 / (1 + r.double()[:, None] * p64)
+    grad64 = g_lam.double()[:, None] * w64 - (g_lam.double() * w64.sum(-1) + point.double())[:, None] * p64
+    assert ((grad.double() - grad64).abs().max(-1).values / grad64.abs().max(-1).values).max() < 1e-5
+    assert torch.allclose(grad, _lam_grad(logits, top, mass, r, g_lam, point), rtol=1e-4, atol=1e-9)
+    print("ok", worst)
+""")
+
+
+def test_triton_kernels_match_the_pytorch_passes_and_float64():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok"), proc.stdout
