@@ -73,6 +73,24 @@ CHECK = textwrap.dedent("""
     grad64 = g_lam.double()[:, None] * w64 - (g_lam.double() * w64.sum(-1) + point.double())[:, None] * p64
     assert ((grad.double() - grad64).abs().max(-1).values / grad64.abs().max(-1).values).max() < 1e-5
     assert torch.allclose(grad, _lam_grad(logits, top, mass, r, g_lam, point), rtol=1e-4, atol=1e-9)
+    # A launch that fails (a GPU Triton cannot compile for) warns once, turns the
+    # kernels off and the loss falls back to the PyTorch passes.
+    import warnings
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("no kernel for this GPU")
+            return launch
+    nelbo_triton._forward_kernel = Broken()
+    os.environ["DUO_TRITON"] = "1"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids = torch.arange(6)[None]
+        out, _ = run(logits[None], ids, ids, torch.full((1, 6), 0.5), -torch.ones(1, 6), True)
+    assert any("Triton kernels turned off" in str(w.message) for w in caught), caught
+    assert not nelbo_triton.available(logits)
+    fallback, _ = run(logits[None], ids, ids, torch.full((1, 6), 0.5), -torch.ones(1, 6), False)
+    assert torch.equal(out, fallback)
     print("ok", worst)
 """)
 

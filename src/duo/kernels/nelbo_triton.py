@@ -11,7 +11,9 @@ kernels run on CPU tensors (slowly), which is how the tests check them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -23,14 +25,34 @@ except Exception:  # ImportError, or a Triton that cannot load here
     triton = None
 
 BLOCK = 2048
+# Triton fixes interpreter mode when the kernels are defined (at import), so read it once.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_broken: str | None = None  # set when a launch failed (e.g. a GPU Triton cannot compile for)
 
 
 def available(t: Tensor) -> bool:
-    """Whether the kernels can run on ``t``: float32, Triton present and not disabled,
-    and CUDA (or any device under Triton's CPU interpreter)."""
-    if triton is None or t.dtype != torch.float32 or os.environ.get("DUO_TRITON", "1") == "0":
+    """Whether the kernels can run on ``t``: float32, Triton present, not disabled
+    (``DUO_TRITON=0``) and not failed before, and CUDA (or any device under Triton's CPU
+    interpreter)."""
+    if (triton is None or _broken is not None or t.dtype != torch.float32
+            or os.environ.get("DUO_TRITON", "1") == "0"):
         return False
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return t.is_cuda or _INTERPRET
+
+
+def _launch(kernel, n: int, device: torch.device, *args, **meta) -> None:
+    """Run ``kernel`` on ``n`` programs on ``device``'s stream. A failure (Triton cannot
+    compile for this GPU, say) turns the kernels off for the process, with a warning,
+    and is raised for the caller to fall back."""
+    global _broken
+    try:
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            kernel[(n,)](*args, **meta)
+    except Exception as err:
+        _broken = f"{type(err).__name__}: {err}"
+        warnings.warn(f"duo: Triton kernels turned off after a failed launch ({_broken}); "
+                      "using PyTorch operations", RuntimeWarning, stacklevel=3)
+        raise
 
 
 if triton is not None:
@@ -106,7 +128,8 @@ def row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     top, mass, lam = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
     if n:
-        _forward_kernel[(n,)](logits, r.contiguous(), top, mass, lam, K, logits.stride(0), BLOCK=BLOCK)
+        _launch(_forward_kernel, n, logits.device, logits, _f32(r), top, mass, lam, K,
+                logits.stride(0), BLOCK=BLOCK)
     return top, mass, lam
 
 
@@ -118,6 +141,12 @@ def lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     out = torch.empty((n, K), dtype=torch.float32, device=logits.device)
     if n:
-        _backward_kernel[(n,)](logits, out, top, mass, r.contiguous(), g_lam.contiguous(),
-                               point.contiguous(), K, logits.stride(0), BLOCK=BLOCK)
+        _launch(_backward_kernel, n, logits.device, logits, out, _f32(top), _f32(mass), _f32(r),
+                _f32(g_lam), _f32(point), K, logits.stride(0), BLOCK=BLOCK)
     return out
+
+
+def _f32(t: Tensor) -> Tensor:
+    """Per-row inputs as contiguous float32: a float64 one would compile to a kernel
+    whose loop variables change type (a GPU compile error the interpreter does not show)."""
+    return t.to(torch.float32).contiguous()
