@@ -26,6 +26,7 @@ section "A: training throughput, small, L=1024"
 section "A2: Duo loss and distillation KL: autograd vs fused backward, eager and compiled, 16k tokens"
 timeout 150 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 --compile 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 timeout 60 python benchmarks/loss_speed.py --loss nelbo-backends --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
+timeout 60 python benchmarks/loss_speed.py --loss kl-backends --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 timeout 60 python benchmarks/loss_speed.py --loss kl --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 
 section "E: DDP vs FSDP (trainer.strategy=fsdp) on one GPU: nccl, bf16, state per rank"

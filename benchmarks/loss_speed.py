@@ -45,12 +45,18 @@ LOSSES = {
         "fused (usdm_nelbo_from_logits)":
             lambda s, z, x, a, da, t: usdm_nelbo_from_logits(s, z, x, a, da),
     },
-    # On CUDA with Triton the fused NELBO runs Triton kernels; this adds its PyTorch passes.
+    # On CUDA with Triton the fused losses run Triton kernels; these add their PyTorch passes.
     "nelbo-backends": {
         "fused, Triton kernels where available":
             lambda s, z, x, a, da, t: _with_triton("1", usdm_nelbo_from_logits, s, z, x, a, da),
         "fused, PyTorch passes":
             lambda s, z, x, a, da, t: _with_triton("0", usdm_nelbo_from_logits, s, z, x, a, da),
+    },
+    "kl-backends": {
+        "fused KL, Triton kernels where available":
+            lambda s, z, x, a, da, t: _with_triton("1", distillation_kl_from_logits, s, t),
+        "fused KL, PyTorch passes":
+            lambda s, z, x, a, da, t: _with_triton("0", distillation_kl_from_logits, s, t),
     },
     "kl": {
         "autograd (log_softmax + distillation_kl)":

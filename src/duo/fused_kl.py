@@ -9,17 +9,20 @@ With ``p = softmax(s)`` the student's prediction and ``t`` the teacher's log-pro
 
 So backward needs only the student logits, the teacher log-probs (kept by either way
 of computing the loss) and two numbers per token, instead of the log-softmax,
-exponential and difference tensors autograd would keep.
+exponential and difference tensors autograd would keep. On CUDA with Triton, the row
+passes run as kernels (:mod:`duo.kernels.kl_triton`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .kernels import kl_triton
 from .losses import kl_terms
 from .utils.chunks import row_chunks
 
@@ -30,24 +33,51 @@ def _student(s: Tensor, top: Tensor, log_mass: Tensor, out: Tensor) -> tuple[Ten
     return log_p, log_p.exp()
 
 
+def _row_kl(s: Tensor, t: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: largest logit, log softmax mass and KL, each (N,), in row chunks."""
+    n, K = s.shape
+    top = s.amax(-1)
+    kl = torch.empty(n, dtype=s.dtype, device=s.device)
+    log_mass = torch.empty_like(kl)
+    parts = row_chunks(n, K, s.device)
+    bufs = s.new_empty(2, parts[0].stop * K if parts else 0)  # log p and p of a chunk, reused
+    for rows in parts:
+        shape = s[rows].shape
+        log_p, p = (b[: shape[0] * K].view(shape) for b in bufs)
+        torch.sub(s[rows], top[rows, None], out=log_p)
+        mass = torch.exp(log_p, out=p).sum(-1, keepdim=True)  # one exp per entry
+        log_mass[rows] = mass.log().squeeze(1)
+        log_p.sub_(log_mass[rows, None])
+        p.div_(mass)
+        kl[rows] = (kl_terms(log_p, t[rows], p) if reverse else kl_terms(t[rows], log_p)).sum(-1)
+    return top, log_mass, kl
+
+
+def _kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, grad: Tensor,
+             reverse: bool) -> Tensor:
+    """(N, K): ``grad`` times dKL/ds per row, in row chunks."""
+    n, K = s.shape
+    out = torch.empty_like(s)
+    for rows in row_chunks(n, K, s.device):
+        log_p, p = _student(s[rows], top[rows], log_mass[rows], out[rows])
+        g = grad[rows, None]
+        if reverse:
+            # p (log p - t - KL); p = 0 (a -inf logit) has no gradient even where t = -inf
+            out[rows] = torch.where(p > 0, p * (log_p - t[rows] - kl[rows, None]), 0.0) * g
+        else:
+            q = t[rows].exp()
+            out[rows] = (p * q.sum(-1, keepdim=True) - q) * g
+    return out
+
+
 class _KlFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, reverse: bool) -> Tensor:
-        n, K = s.shape
-        top = s.amax(-1)
-        kl = torch.empty(n, dtype=s.dtype, device=s.device)
-        log_mass = torch.empty_like(kl)
-        parts = row_chunks(n, K, s.device)
-        bufs = s.new_empty(2, parts[0].stop * K if parts else 0)  # log p and p of a chunk, reused
-        for rows in parts:
-            shape = s[rows].shape
-            log_p, p = (b[: shape[0] * K].view(shape) for b in bufs)
-            torch.sub(s[rows], top[rows, None], out=log_p)
-            mass = torch.exp(log_p, out=p).sum(-1, keepdim=True)  # one exp per entry
-            log_mass[rows] = mass.log().squeeze(1)
-            log_p.sub_(log_mass[rows, None])
-            p.div_(mass)
-            kl[rows] = (kl_terms(log_p, t[rows], p) if reverse else kl_terms(t[rows], log_p)).sum(-1)
+        stats = None
+        if kl_triton.available(s):
+            with contextlib.suppress(Exception):  # a failed launch warns and turns Triton off
+                stats = kl_triton.row_kl(s, t, reverse)
+        top, log_mass, kl = stats or _row_kl(s, t, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(s, t, top, log_mass, kl)
         return kl
@@ -56,17 +86,12 @@ class _KlFromLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         s, t, top, log_mass, kl = ctx.saved_tensors
-        n, K = s.shape
-        out = torch.empty_like(s)
-        for rows in row_chunks(n, K, s.device):
-            log_p, p = _student(s[rows], top[rows], log_mass[rows], out[rows])
-            g = grad[rows, None]
-            if ctx.reverse:
-                # p (log p - t - KL); p = 0 (a -inf logit) has no gradient even where t = -inf
-                out[rows] = torch.where(p > 0, p * (log_p - t[rows] - kl[rows, None]), 0.0) * g
-            else:
-                q = t[rows].exp()
-                out[rows] = (p * q.sum(-1, keepdim=True) - q) * g
+        out = None
+        if kl_triton.available(s):
+            with contextlib.suppress(Exception):
+                out = kl_triton.kl_grad(s, t, top, log_mass, kl, grad, ctx.reverse)
+        if out is None:
+            out = _kl_grad(s, t, top, log_mass, kl, grad, ctx.reverse)
         # A token whose KL is infinite (the teacher rules out a token the student allows)
         # has a gradient only if it is used: 0 * inf would otherwise spread NaN.
         unused = (grad == 0) & ~torch.isfinite(kl)

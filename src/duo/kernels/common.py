@@ -1,0 +1,74 @@
+"""What the Triton kernels share: the import (optional), when they may run, how they are
+launched (a failed launch turns them off for the process), and the online row max /
+softmax mass every row kernel starts with."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+try:  # optional: without Triton the losses use their PyTorch passes
+    import triton
+    import triton.language as tl
+except Exception:  # ImportError, or a Triton that cannot load here
+    triton = None
+
+BLOCK = 2048
+# Triton fixes interpreter mode when the kernels are defined (at import), so read it once.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_broken: str | None = None  # set when a launch failed (e.g. a GPU Triton cannot compile for)
+
+
+def available(t: Tensor) -> bool:
+    """Whether the kernels can run on ``t``: float32, Triton present, not disabled
+    (``DUO_TRITON=0``) and not failed before, and CUDA (or any device under Triton's CPU
+    interpreter)."""
+    if (triton is None or _broken is not None or t.dtype != torch.float32
+            or os.environ.get("DUO_TRITON", "1") == "0"):
+        return False
+    return t.is_cuda or _INTERPRET
+
+
+def launch(kernel, n: int, device: torch.device, *args, **meta) -> None:
+    """Run ``kernel`` on ``n`` programs on ``device``'s stream. A failure (Triton cannot
+    compile for this GPU, say) turns the kernels off for the process, with a warning,
+    and is raised for the caller to fall back."""
+    global _broken
+    try:
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            kernel[(n,)](*args, **meta)
+    except Exception as err:
+        _broken = f"{type(err).__name__}: {err}"
+        warnings.warn(f"duo: Triton kernels turned off after a failed launch ({_broken}); "
+                      "using PyTorch operations", RuntimeWarning, stacklevel=3)
+        raise
+
+
+def f32(t: Tensor) -> Tensor:
+    """Per-row inputs as contiguous float32: a float64 one would compile to a kernel
+    whose loop variables change type (a GPU compile error the interpreter does not show)."""
+    return t.to(torch.float32).contiguous()
+
+
+if triton is not None:
+
+    @triton.jit
+    def row_max_mass(row_ptr, K, BLOCK: tl.constexpr):
+        """Largest logit of a row and sum_j exp(s_j - top), in one online pass."""
+        m = tl.full([BLOCK], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf"))
+            m_new = tl.maximum(m, v)
+            empty = m_new == float("-inf")  # no finite logit yet in this lane
+            s = tl.where(empty, 0.0, s * tl.exp(m - m_new) + tl.exp(v - m_new))
+            m = m_new
+        top = tl.max(m, 0)
+        mass = tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - top)), 0)
+        return top, mass
+
