@@ -2,7 +2,8 @@
 # One consolidated run on a lent GPU (the device tool): throughput/MFU, the fused losses,
 # FSDP on a GPU; with RUN_CD=1 also curriculum memory, the curriculum benchmark and the
 # distillation benchmark (measured in earlier sessions). Results go to $OUT.
-#   bash benchmarks/gpu_suite.sh            (OUT defaults to ./gpu-out; about 5 minutes without RUN_CD)
+#   bash benchmarks/gpu_suite.sh            (OUT defaults to ./gpu-out; 5-8 minutes without RUN_CD,
+#   the sum of the timeouts is more: with a 600 s limit per call, give it timeout_s=590)
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DUO_CACHE=/tmp/duo-cache TOKENIZERS_PARALLELISM=false
