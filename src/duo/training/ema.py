@@ -63,8 +63,7 @@ class EMA:
             )
         self.shadow = [
             s if isinstance(s, DTensor) == isinstance(p, DTensor) and s.device == p.device
-            else _laid_out_like(
-                s.full_tensor() if isinstance(s, DTensor) else s, p)
+            else _laid_out_like(s.full_tensor() if isinstance(s, DTensor) else s, p)
             for s, p in zip(self.shadow, params)
         ]
 

@@ -69,7 +69,7 @@ class DiffusionLM(pl.LightningModule):
         if getattr(self, "_configured", False):
             return
         self._configured = True
-        if isinstance(self._trainer and self.trainer.strategy, FSDPStrategy):
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             shard_backbone(self.backbone, self.device_mesh["data_parallel"])
         if self.cfg.trainer.compile:
             compile_backbone(self.backbone)
