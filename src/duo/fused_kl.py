@@ -15,7 +15,6 @@ passes run as kernels (:mod:`duo.kernels.kl_triton`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import kl_triton
+from .kernels.common import dispatch
 from .losses import kl_terms
 from .utils.chunks import row_chunks
 
@@ -73,11 +73,7 @@ def _kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, gr
 class _KlFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, reverse: bool) -> Tensor:
-        stats = None
-        if kl_triton.available(s):
-            with contextlib.suppress(Exception):  # a failed launch warns and turns Triton off
-                stats = kl_triton.row_kl(s, t, reverse)
-        top, log_mass, kl = stats or _row_kl(s, t, reverse)
+        top, log_mass, kl = dispatch(kl_triton.row_kl, _row_kl, s, s, t, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(s, t, top, log_mass, kl)
         return kl
@@ -86,12 +82,7 @@ class _KlFromLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         s, t, top, log_mass, kl = ctx.saved_tensors
-        out = None
-        if kl_triton.available(s):
-            with contextlib.suppress(Exception):
-                out = kl_triton.kl_grad(s, t, top, log_mass, kl, grad, ctx.reverse)
-        if out is None:
-            out = _kl_grad(s, t, top, log_mass, kl, grad, ctx.reverse)
+        out = dispatch(kl_triton.kl_grad, _kl_grad, s, s, t, top, log_mass, kl, grad, ctx.reverse)
         # A token whose KL is infinite (the teacher rules out a token the student allows)
         # has a gradient only if it is used: 0 * inf would otherwise spread NaN.
         unused = (grad == 0) & ~torch.isfinite(kl)

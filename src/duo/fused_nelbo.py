@@ -16,13 +16,12 @@ Triton, the row passes run as kernels (:mod:`duo.kernels.nelbo_triton`).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import nelbo_triton
+from .kernels.common import dispatch
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
 
@@ -83,11 +82,7 @@ class _NelboFromLogits(torch.autograd.Function):
         # Per token: the largest logit and the mass of exp(logits - top). Kept apart (not
         # as one log-sum-exp, whose rounding at large logits would scale every p of the
         # row alike and, amplified by 1/r, spoil the gradient at small alpha).
-        top_mass_lam = None
-        if nelbo_triton.available(logits):
-            with contextlib.suppress(Exception):  # a failed launch warns and turns Triton off
-                top_mass_lam = nelbo_triton.row_stats(logits, r)
-        top, mass, lam = top_mass_lam or _row_stats(logits, r)
+        top, mass, lam = dispatch(nelbo_triton.row_stats, _row_stats, logits, logits, r)
         log_mass = mass.log()
         p_z = ((logits.gather(1, z[:, None]).squeeze(1) - top) - log_mass).exp()
         p_x = ((logits.gather(1, x[:, None]).squeeze(1) - top) - log_mass).exp()
@@ -105,12 +100,7 @@ class _NelboFromLogits(torch.autograd.Function):
         w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
         # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
         point = g_a * w_z + g_c * w_x
-        out = None
-        if nelbo_triton.available(logits):
-            with contextlib.suppress(Exception):  # a failed launch warns and turns Triton off
-                out = nelbo_triton.lam_grad(logits, top, mass, r, g_lam, point)
-        if out is None:
-            out = _lam_grad(logits, top, mass, r, g_lam, point)
+        out = dispatch(nelbo_triton.lam_grad, _lam_grad, logits, logits, top, mass, r, g_lam, point)
         out.scatter_add_(1, z[:, None], (g_a * w_z)[:, None])
         out.scatter_add_(1, x[:, None], (g_c * w_x)[:, None])
         return out, None, None, None, None, None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -33,10 +34,14 @@ def available(t: Tensor) -> bool:
     return t.is_cuda or _INTERPRET
 
 
+class KernelFailed(RuntimeError):
+    """A Triton launch failed; the kernels are off for the rest of the process."""
+
+
 def launch(kernel, n: int, device: torch.device, *args, **meta) -> None:
     """Run ``kernel`` on ``n`` programs on ``device``'s stream. A failure (Triton cannot
     compile for this GPU, say) turns the kernels off for the process, with a warning,
-    and is raised for the caller to fall back."""
+    and raises :class:`KernelFailed` for :func:`dispatch` to fall back."""
     global _broken
     try:
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
@@ -45,7 +50,16 @@ def launch(kernel, n: int, device: torch.device, *args, **meta) -> None:
         _broken = f"{type(err).__name__}: {err}"
         warnings.warn(f"duo: Triton kernels turned off after a failed launch ({_broken}); "
                       "using PyTorch operations", RuntimeWarning, stacklevel=3)
-        raise
+        raise KernelFailed(_broken) from err
+
+
+def dispatch(kernel_fn: Callable, torch_fn: Callable, t: Tensor, *args):
+    """``kernel_fn(*args)`` when the kernels can run on ``t`` (:func:`available`), else,
+    or after a failed launch, ``torch_fn(*args)``: the same result from PyTorch ops."""
+    if available(t):
+        with contextlib.suppress(KernelFailed):
+            return kernel_fn(*args)
+    return torch_fn(*args)
 
 
 def f32(t: Tensor) -> Tensor:
