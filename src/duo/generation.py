@@ -130,8 +130,12 @@ def decode(tokenizer, tokens: Tensor, mask_id: int | None = None) -> list[str]:
 
 def generate_text(method, tokenizer, *, num_samples: int, seq_len: int, prompt: str | None = None,
                   **kwargs) -> Generation:
-    """Generate and decode; ``prompt`` is encoded and clamped as a prefix."""
+    """Generate and decode; ``prompt`` is encoded and clamped as a prefix. Autoregressive
+    samples start from the tokenizer's BOS (unless ``options`` sets ``bos_id``)."""
     prefix = kwargs.pop("prefix", None)
+    if method.process == "causal":
+        # An AR sample starts a new document, as the training rows' documents do.
+        kwargs["options"] = {"bos_id": tokenizer.bos_id, **(kwargs.get("options") or {})}
     if prompt is not None:
         prefix = torch.tensor(tokenizer.encode(prompt), dtype=torch.long)
     start = time.perf_counter()

@@ -38,9 +38,6 @@ def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None,
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     method, tok = loaded.method, loaded.tokenizer
-    if method.process == "causal":
-        # An AR sample starts a new document, as the training rows' documents do.
-        kwargs["options"] = {"bos_id": tok.bos_id, **(kwargs.get("options") or {})}
     parts: list[Generation] = []
     for i, start in enumerate(range(0, num_samples, batch_size)):
         n = min(batch_size, num_samples - start)

@@ -16,13 +16,11 @@ def sample_texts(module, tokenizer, sample_cfg, run_dir: Path | None) -> list[st
     sampler = sample_cfg.sampler
     if sampler == "ancestral" and method.process != "uniform":
         sampler = None  # the method's own default (mdlm / ar)
-    # An AR sample starts a new document, as the training rows' documents do.
-    options = {"bos_id": tokenizer.bos_id} if method.process == "causal" else None
     ema = module.ema.swapped_in(module.backbone) if module.ema is not None else nullcontext()
     with ema:
         gen = generate_text(
             method, tokenizer, num_samples=sample_cfg.num_samples, seq_len=module.cfg.data.seq_len,
-            sampler=sampler, steps=sample_cfg.steps, seed=0, options=options,
+            sampler=sampler, steps=sample_cfg.steps, seed=0,
         )
     if run_dir is None:
         return gen.texts
