@@ -30,14 +30,14 @@ def _autograd_nelbo(s, z, x, a, da):
     return usdm_nelbo(s.log_softmax(-1), z, x, a, da)
 
 
-# The Duo NELBO from logits: the library's hand-written backward (eager; compiling it
-# made it 5x slower on CPU, benchmarks/loss_speed.py --compile), or autograd through
-# log-softmax, eager or fused by torch.compile (the best on an H100 in session 2).
 def _fused_pytorch():
     os.environ["DUO_TRITON"] = "0"  # the fused loss's PyTorch passes, not its Triton kernels
     return duo_nelbo_from_logits
 
 
+# The Duo NELBO from logits: the library's hand-written backward (eager; compiling it
+# made it 5x slower on CPU, benchmarks/loss_speed.py --compile), or autograd through
+# log-softmax, eager or fused by torch.compile (the best on an H100 in session 2).
 LOSSES = {
     "fused": lambda: duo_nelbo_from_logits,  # Triton kernels on CUDA when installed
     "fused-pytorch": _fused_pytorch,
@@ -47,7 +47,7 @@ LOSSES = {
 
 
 def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device: str,
-          compile_model: bool, vocab: int, algo: str, curriculum: str, chunk: int,
+          compile_model: bool, vocab: int, algo: str, curriculum: str, chunk: int | None,
           loss: str = "fused") -> dict:
     overrides = [f"algo={algo}", f"model={preset}", f"model.max_seq_len={max(seq_len, 8)}"]
     if algo == "duo" and curriculum != "none":
@@ -112,8 +112,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--loss", choices=sorted(LOSSES), default="fused",
                     help="Duo's NELBO: hand-written backward (the library's) or autograd")
-    ap.add_argument("--loss-chunk-elements", type=int, default=2**24,
-                    help="logits elements per chunk of the output layer + loss")
+    ap.add_argument("--loss-chunk-elements", type=int, default=None,
+                    help="logits elements per chunk of the output layer + loss "
+                         "(default: the library's, chosen by device)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--json", help="append results as JSON lines to this file")
