@@ -167,3 +167,46 @@ KL_CHECK = textwrap.dedent("""
 
 def test_triton_kl_kernels_match_the_pytorch_passes_and_float64():
     interpret(KL_CHECK)
+
+
+HALF_CHECK = textwrap.dedent("""
+    import os, torch
+    from duo.fused_kl import distillation_kl_from_logits
+    from duo.fused_nelbo import usdm_nelbo_from_logits
+
+    # bf16 logits (autocast's output layer) go to the kernels as they are: the loss must
+    # equal the float32 loss of the same values, and the gradient (stored in bf16) that
+    # gradient rounded to bf16 (a rounding apart: the interpreter truncates).
+    g = torch.Generator().manual_seed(2)
+    B, L, K = 2, 4, 3000
+    s = (torch.randn(B, L, K, generator=g) * 4).bfloat16()
+    x = torch.randint(0, K, (B, L), generator=g)
+    z = torch.where(torch.rand(B, L, generator=g) < 0.5, x, torch.randint(0, K, (B, L), generator=g))
+    alpha, dalpha = torch.linspace(0.01, 0.9, B)[:, None].expand(B, L), -torch.ones(B, L)
+    t = torch.randn(B, L, K, generator=g).log_softmax(-1)
+    weights = torch.linspace(0.5, 1.5, B * L).view(B, L)
+    losses = {
+        "nelbo": lambda logits: usdm_nelbo_from_logits(logits, z, x, alpha, dalpha),
+        "reverse": lambda logits: distillation_kl_from_logits(logits, t, "reverse"),
+        "forward": lambda logits: distillation_kl_from_logits(logits, t, "forward"),
+    }
+    for name, loss in losses.items():
+        for triton in ("1", "0"):  # the kernels, and the PyTorch passes' upcast
+            os.environ["DUO_TRITON"] = triton
+            out = {}
+            for dtype in (torch.bfloat16, torch.float32):
+                leaf = s.to(dtype).detach().requires_grad_()
+                value = loss(leaf)
+                value.backward(weights)
+                out[dtype] = value.detach(), leaf.grad
+            (v16, g16), (v32, g32) = out[torch.bfloat16], out[torch.float32]
+            assert g16.dtype == torch.bfloat16, (name, g16.dtype)
+            assert torch.allclose(v16, v32, rtol=1e-6, atol=1e-7), (name, triton, (v16 - v32).abs().max())
+            ulp = 2.0 ** -7 * g32.abs() + 1e-6 * g32.abs().max()
+            assert ((g16.float() - g32).abs() <= ulp).all(), (name, triton)
+    print("ok")
+""")
+
+
+def test_triton_kernels_read_bf16_logits_as_float32_would():
+    interpret(HALF_CHECK)

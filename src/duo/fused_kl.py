@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import kl_triton
-from .kernels.common import dispatch
+from .kernels.common import HALF, dispatch, upcast as _upcast
 from .losses import kl_terms
 from .utils.chunks import row_chunks
 
@@ -73,7 +73,7 @@ def _kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, gr
 class _KlFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, reverse: bool) -> Tensor:
-        top, log_mass, kl = dispatch(kl_triton.row_kl, _row_kl, s, s, t, reverse)
+        top, log_mass, kl = dispatch(kl_triton.row_kl, _upcast(_row_kl, t.dtype), s, s, t, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(s, t, top, log_mass, kl)
         return kl
@@ -82,7 +82,8 @@ class _KlFromLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         s, t, top, log_mass, kl = ctx.saved_tensors
-        out = dispatch(kl_triton.kl_grad, _kl_grad, s, s, t, top, log_mass, kl, grad, ctx.reverse)
+        out = dispatch(kl_triton.kl_grad, _upcast(_kl_grad, t.dtype), s, s, t, top, log_mass, kl,
+                       grad, ctx.reverse)
         # A token whose KL is infinite (the teacher rules out a token the student allows)
         # has a gradient only if it is used: 0 * inf would otherwise spread NaN.
         unused = (grad == 0) & ~torch.isfinite(kl)
@@ -98,8 +99,9 @@ def distillation_kl_from_logits(
 ) -> Tensor:
     """``distillation_kl(log_softmax(student_logits), teacher_log_probs, direction)`` per
     token (B, L), keeping only the logits, the teacher's log-probs and two numbers per
-    token for backward. Inputs (B, L, K); computed in float32 (float64 stays float64);
-    the teacher gets no gradient."""
+    token for backward. Inputs (B, L, K); computed in float32 (float64 stays float64;
+    bf16 student logits are read as they are by the Triton kernels); the teacher gets no
+    gradient."""
     if student_logits.shape != teacher_log_probs.shape:
         raise ValueError(
             f"student {tuple(student_logits.shape)} and teacher "
@@ -109,7 +111,9 @@ def distillation_kl_from_logits(
         raise ValueError(f"direction={direction!r}; valid: 'reverse', 'forward'")
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
     K = student_logits.shape[-1]
+    if not (student_logits.dtype in HALF and kl_triton.available(student_logits)):
+        student_logits = student_logits.to(dtype)  # bf16 stays bf16 for the kernels
     with torch.autocast(student_logits.device.type, enabled=False):
-        kl = _KlFromLogits.apply(student_logits.to(dtype).reshape(-1, K),
+        kl = _KlFromLogits.apply(student_logits.reshape(-1, K),
                                  teacher_log_probs.detach().to(dtype).reshape(-1, K), direction == "reverse")
     return kl.view(student_logits.shape[:-1])

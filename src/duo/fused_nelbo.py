@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import nelbo_triton
-from .kernels.common import dispatch
+from .kernels.common import HALF, dispatch, upcast as _upcast
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
 
@@ -74,7 +74,9 @@ def _lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tenso
 
 class _NelboFromLogits(torch.autograd.Function):
     """Rows of logits (N, K) with ids ``z``, ``x`` (N,) and ``a``, ``da``, ``r`` (N,) in the
-    logits' dtype -> per-token NELBO (N,)."""
+    compute dtype (float32 or float64) -> per-token NELBO (N,). The logits are in that
+    dtype too, or bf16 / float16 when the Triton kernels read them (no float32 copy):
+    their gradient then comes in that dtype, as autocast's cast would give it."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, z: Tensor, x: Tensor, a: Tensor, da: Tensor, r: Tensor) -> Tensor:
@@ -82,12 +84,13 @@ class _NelboFromLogits(torch.autograd.Function):
         # Per token: the largest logit and the mass of exp(logits - top). Kept apart (not
         # as one log-sum-exp, whose rounding at large logits would scale every p of the
         # row alike and, amplified by 1/r, spoil the gradient at small alpha).
-        top, mass, lam = dispatch(nelbo_triton.row_stats, _row_stats, logits, logits, r)
+        top, mass, lam = dispatch(nelbo_triton.row_stats, _upcast(_row_stats, r.dtype), logits,
+                                  logits, r)
         log_mass = mass.log()
-        p_z = ((logits.gather(1, z[:, None]).squeeze(1) - top) - log_mass).exp()
-        p_x = ((logits.gather(1, x[:, None]).squeeze(1) - top) - log_mass).exp()
+        p_z = ((logits.gather(1, z[:, None]).squeeze(1).to(r.dtype) - top) - log_mass).exp()
+        p_x = ((logits.gather(1, x[:, None]).squeeze(1).to(r.dtype) - top) - log_mass).exp()
         a_i, c_x = torch.log1p(r * p_z), torch.log1p(r * p_x)
-        hit = (z == x).to(logits.dtype)
+        hit = (z == x).to(r.dtype)
         ctx.save_for_backward(logits, top, mass, z, x, a, da, r, hit, a_i, p_z, p_x)
         return usdm_from_sums(K, a, da, r, hit, lam, a_i, c_x)
 
@@ -100,9 +103,10 @@ class _NelboFromLogits(torch.autograd.Function):
         w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
         # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
         point = g_a * w_z + g_c * w_x
-        out = dispatch(nelbo_triton.lam_grad, _lam_grad, logits, logits, top, mass, r, g_lam, point)
-        out.scatter_add_(1, z[:, None], (g_a * w_z)[:, None])
-        out.scatter_add_(1, x[:, None], (g_c * w_x)[:, None])
+        out = dispatch(nelbo_triton.lam_grad, _upcast(_lam_grad, r.dtype), logits, logits, top,
+                       mass, r, g_lam, point)
+        out.scatter_add_(1, z[:, None], (g_a * w_z).to(out.dtype)[:, None])
+        out.scatter_add_(1, x[:, None], (g_c * w_x).to(out.dtype)[:, None])
         return out, None, None, None, None, None
 
 
@@ -110,7 +114,8 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
                            dalpha_t: Tensor | float, *, check_ids: bool = True) -> Tensor:
     """``usdm_nelbo(log_softmax(logits), z_t, x, alpha_t, dalpha_t)`` per token (B, L),
     keeping only the logits for backward. ``logits`` (B, L, K) are computed on in
-    float32 (float64 stays float64), also under autocast. ``check_ids=False`` skips the
+    float32 (float64 stays float64), also under autocast; bf16 / float16 logits are
+    read as they are by the Triton kernels, and upcast otherwise. ``check_ids=False`` skips the
     range check of the ids (a device sync; skipped under ``torch.compile`` too). Only
     the logits get gradients; twice-differentiating is not supported."""
     if check_ids and not torch.compiler.is_compiling():
@@ -122,7 +127,11 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
     if torch.is_grad_enabled() and (a.requires_grad or da.requires_grad):
         raise ValueError("usdm_nelbo_from_logits differentiates only with respect to the logits, but "
                          "alpha_t or dalpha_t requires grad; use duo.losses.usdm_nelbo for that")
+    # bf16 logits (autocast's output layer) stay bf16 when the kernels read them: an upcast
+    # copy adds no precision, only a (tokens, K) float32 write and its reads.
+    if not (logits.dtype in HALF and nelbo_triton.available(logits)):
+        logits = logits.to(dtype)
     with torch.autocast(logits.device.type, enabled=False):
-        out = _NelboFromLogits.apply(logits.to(dtype).reshape(-1, K), z_t.reshape(-1), x.reshape(-1),
+        out = _NelboFromLogits.apply(logits.reshape(-1, K), z_t.reshape(-1), x.reshape(-1),
                                      a.reshape(-1), da.reshape(-1), r.reshape(-1))
     return out.view(z_t.shape)

@@ -24,11 +24,17 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _broken: str | None = None  # set when a launch failed (e.g. a GPU Triton cannot compile for)
 
 
+# Inputs the kernels read (they compute in float32; a half-precision row is upcast as it
+# is loaded, so bf16 logits under autocast need no float32 copy).
+HALF = (torch.bfloat16, torch.float16)
+DTYPES = (torch.float32, *HALF)
+
+
 def available(t: Tensor) -> bool:
-    """Whether the kernels can run on ``t``: float32, Triton present, not disabled
-    (``DUO_TRITON=0``) and not failed before, and CUDA (or any device under Triton's CPU
-    interpreter)."""
-    if (triton is None or _broken is not None or t.dtype != torch.float32
+    """Whether the kernels can run on ``t``: float32 / bf16 / float16, Triton present, not
+    disabled (``DUO_TRITON=0``) and not failed before, and CUDA (or any device under
+    Triton's CPU interpreter)."""
+    if (triton is None or _broken is not None or t.dtype not in DTYPES
             or os.environ.get("DUO_TRITON", "1") == "0"):
         return False
     return t.is_cuda or _INTERPRET
@@ -62,6 +68,16 @@ def dispatch(kernel_fn: Callable, torch_fn: Callable, t: Tensor, *args):
     return torch_fn(*args)
 
 
+def upcast(torch_pass, dtype: torch.dtype):
+    """``torch_pass`` on logits upcast to ``dtype`` (the PyTorch passes compute in the
+    logits' dtype; the kernels upcast bf16 rows as they read them), with a tensor result
+    cast back to the logits' dtype, as the kernel's gradient is."""
+    def run(logits: Tensor, *args):
+        out = torch_pass(logits.to(dtype), *args)
+        return out.to(logits.dtype) if isinstance(out, Tensor) else out
+    return run
+
+
 def f32(t: Tensor) -> Tensor:
     """Per-row inputs as contiguous float32: a float64 one would compile to a kernel
     whose loop variables change type (a GPU compile error the interpreter does not show)."""
@@ -77,7 +93,7 @@ if triton is not None:
         s = tl.zeros([BLOCK], tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf"))
+            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
             m_new = tl.maximum(m, v)
             empty = m_new == float("-inf")  # no finite logit yet in this lane
             s = tl.where(empty, 0.0, s * tl.exp(m - m_new) + tl.exp(v - m_new))

@@ -3,7 +3,8 @@ student's logits ``s`` and the teacher's log-probs ``t`` (N, K).
 
 Forward reads ``s`` twice (online max and mass, then the KL sum with ``t``); backward
 reads both once (reverse KL) or twice (forward KL, which needs ``sum_k q_k``) and
-writes the gradient once. Conventions as :func:`duo.losses.kl_terms`: an entry without
+writes the gradient once. ``s`` may be bf16 / float16 (read as is, computed on in
+float32; the gradient is stored in its dtype). Conventions as :func:`duo.losses.kl_terms`: an entry without
 mass (p = 0, resp. q = 0) contributes nothing. Gated and launched as the NELBO kernels
 (:mod:`duo.kernels.common`).
 """
@@ -33,7 +34,8 @@ if triton is not None:
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             inside = cols < K
-            log_p = tl.load(s_row + cols, mask=inside, other=float("-inf")) - top - log_mass
+            log_p = (tl.load(s_row + cols, mask=inside, other=float("-inf")).to(tl.float32)
+                     - top - log_mass)
             t = tl.load(t_row + cols, mask=inside, other=float("-inf"))
             if REVERSE:  # p (log p - t), 0 where p = 0
                 p = tl.exp(log_p)
@@ -63,14 +65,14 @@ if triton is not None:
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             inside = cols < K
-            log_p = tl.load(s_row + cols, mask=inside, other=float("-inf")) - shift
+            log_p = tl.load(s_row + cols, mask=inside, other=float("-inf")).to(tl.float32) - shift
             p = tl.exp(log_p)
             t = tl.load(t_row + cols, mask=inside, other=float("-inf"))
             if REVERSE:  # dKL/ds = p (log p - t - KL); none where p = 0
                 d = tl.where(p > 0, p * (log_p - t - kl), 0.0)
             else:  # dKL/ds = p sum(q) - q
                 d = p * q_sum - tl.exp(t)
-            tl.store(out_ptr + row * K + cols, d * g, mask=inside)
+            tl.store(out_ptr + row * K + cols, (d * g).to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -91,10 +93,10 @@ def row_kl(s: Tensor, t: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]
 
 def kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, grad: Tensor,
             reverse: bool) -> Tensor:
-    """(N, K) gradient of ``sum_rows grad * KL`` with respect to ``s``."""
+    """(N, K) gradient of ``sum_rows grad * KL`` with respect to ``s``, in ``s``'s dtype."""
     n, K = s.shape
     s, t = _rows(s), _rows(f32(t))
-    out = torch.empty((n, K), dtype=torch.float32, device=s.device)
+    out = torch.empty((n, K), dtype=s.dtype, device=s.device)
     if n:
         launch(_backward_kernel, n, s.device, s, t, out, f32(top), f32(log_mass), f32(kl),
                f32(grad), K, s.stride(0), t.stride(0), REVERSE=reverse, BLOCK=BLOCK)

@@ -4,7 +4,8 @@ One program per row streams the row in blocks of ``BLOCK`` entries, so the logit
 read twice in forward (max and softmax mass in one online pass, then
 ``lam = sum_j log1p(r p_j)``) and twice plus one write in backward (``sum_j w_j``, then
 the gradient), where the PyTorch version makes about three times as many passes over
-memory. Used on CUDA float32 when Triton is installed (it ships with PyTorch's CUDA
+memory. Rows are read in their dtype (float32, or bf16 / float16 under autocast) and
+computed on in float32. Used on CUDA when Triton is installed (it ships with PyTorch's CUDA
 wheels on Linux); ``DUO_TRITON=0`` turns it off. With ``TRITON_INTERPRET=1`` the same
 kernels run on CPU tensors (slowly), which is how the tests check them.
 """
@@ -40,7 +41,7 @@ if triton is not None:
         lam = tl.zeros([BLOCK], tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf"))
+            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
             lam += _log1p(rate * tl.exp(v - top))
         tl.store(top_ptr + row, top)
         tl.store(mass_ptr + row, mass)
@@ -58,17 +59,18 @@ if triton is not None:
         acc = tl.zeros([BLOCK], tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf"))
+            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
             y = rate * tl.exp(v - top)
             acc += y / (1.0 + y)  # w = r p / (1 + r p)
         total = g_lam * tl.sum(acc, 0) + tl.load(point_ptr + row)
         coef = total / mass
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf"))
+            v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
             e = tl.exp(v - top)
             y = rate * e
-            tl.store(out_ptr + row * K + cols, g_lam * (y / (1.0 + y)) - coef * e, mask=cols < K)
+            d = g_lam * (y / (1.0 + y)) - coef * e
+            tl.store(out_ptr + row * K + cols, d.to(out_ptr.dtype.element_ty), mask=cols < K)
 
 
 def row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,10 +88,11 @@ def row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor,
              point: Tensor) -> Tensor:
     """(N, K) gradient ``g_lam w - (g_lam sum(w) + point) p`` with ``p = softmax(logits)``
-    and ``w = r p / (1 + r p)``: the part of the NELBO's backward that spans the row."""
+    and ``w = r p / (1 + r p)``: the part of the NELBO's backward that spans the row.
+    Computed in float32, stored in the logits' dtype."""
     n, K = logits.shape
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
-    out = torch.empty((n, K), dtype=torch.float32, device=logits.device)
+    out = torch.empty((n, K), dtype=logits.dtype, device=logits.device)
     if n:
         launch(_backward_kernel, n, logits.device, logits, out, f32(top), f32(mass), f32(r),
                f32(g_lam), f32(point), K, logits.stride(0), BLOCK=BLOCK)

@@ -46,7 +46,7 @@ LOSS_CHUNK_ACCELERATOR = 2**27
 
 
 def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
-               max_elements: int | None = None) -> Tensor:
+               max_elements: int | None = None, upcast: bool = True) -> Tensor:
     """Per-token loss ``fn(logits (1, n, K), *rows (1, n, ...)) -> (1, n)`` as (B, L).
 
     With a large vocabulary the (B, L, K) logits and the loss's float32 intermediates
@@ -55,8 +55,11 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     checkpointing: only the final hidden states (B, L, D) are kept for backward, and
     the logits exist for one chunk at a time. ``rows`` are per-token tensors with
     leading dims (B, L). Small inputs take the direct path. ``max_elements=None`` picks
-    the chunk by device (:data:`LOSS_CHUNK`).
+    the chunk by device (:data:`LOSS_CHUNK`). ``upcast=False`` hands ``fn`` the logits
+    in the output layer's dtype (bf16 under autocast) for losses that upcast as they
+    read them (the fused NELBO and KL); otherwise they come as float32.
     """
+    cast = (lambda t: t.float()) if upcast else (lambda t: t)
     h, c = backbone.hidden(model_input, sigma)
     head = backbone.output_layer
     B, L, D = h.shape
@@ -65,7 +68,7 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     K = head.linear.out_features
     per_chunk = max(1, max_elements // K)
     if per_chunk >= B * L:
-        return fn(head(h, c).float(), *rows)
+        return fn(cast(head(h, c)), *rows)
     shift, scale = head.modulation(c)
     flat = [h.reshape(B * L, D)]
     if shift is not None:
@@ -75,7 +78,7 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
 
     def chunk_loss(hc: Tensor, *rest: Tensor) -> Tensor:
         mod, args = rest[:n_mod], rest[n_mod:]
-        logits = head.project(hc, *(mod if mod else (None, None))).float()
+        logits = cast(head.project(hc, *(mod if mod else (None, None))))
         return fn(logits[None], *(a[None] for a in args))[0]
 
     outs = []
