@@ -13,25 +13,25 @@ section() { echo "=== $1 ($(date +%T))" | tee -a "$LOG"; }
 section "device"; nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
 python -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" 2>&1 | tee -a "$LOG"
 
-# MFU of small at L = 1024: the network compiled as trainer.compile=true does, and the
-# Duo loss either the library's fused backward (eager) or autograd fused by torch.compile.
-TT="python benchmarks/train_throughput.py --presets small --batch 16 --seq-len 1024 --steps 6"
+# MFU of small at L = 1024: the network compiled as trainer.compile=true does; the Duo
+# loss either the library's fused backward (Triton kernels reading bf16 logits) or
+# autograd fused by torch.compile (session 2's best); loss chunk 2^27 (the GPU default)
+# or none (2^31). One process per batch size, one compile each; the last variant is
+# profiled (kernel time by kind) into $OUT/profile_b*.md.
+TT="python benchmarks/train_throughput.py --presets small --seq-len 1024 --steps 8 --warmup 3 --compile"
 section "A: training throughput, small, L=1024"
 {
-  timeout 70 $TT --loss-chunk-elements 134217728
-  timeout 150 $TT --warmup 3 --compile --loss fused --loss-chunk-elements 1073741824
-  timeout 150 $TT --warmup 3 --compile --loss autograd-compiled --loss-chunk-elements 1073741824
-  timeout 150 $TT --warmup 3 --compile --loss fused-pytorch --loss-chunk-elements 1073741824
-} 2>&1 | grep -v Warning | tee -a "$LOG" | grep -E "^\||device" > "$OUT/gpu_perf.md"
+  timeout 200 $TT --batch 16 --loss autograd-compiled fused-pytorch fused --loss-chunk-elements 134217728 2147483648 --profile "$OUT/profile_b16.md"
+  timeout 120 $TT --batch 32 --loss fused --loss-chunk-elements 134217728 2147483648 --profile "$OUT/profile_b32.md"
+} 2>&1 | grep -v Warning | tee -a "$LOG" | grep -E "^\| small|^\| preset|^\|---|device" > "$OUT/gpu_perf.md"
 
 section "A2: Duo loss and distillation KL: autograd vs fused backward, eager and compiled, 16k tokens"
-timeout 150 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 --compile 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
+[ "${RUN_LOSS_COMPILE:-0}" = 1 ] && timeout 150 python benchmarks/loss_speed.py --device cuda --tokens 16384 --repeats 5 --compile 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 timeout 60 python benchmarks/loss_speed.py --loss nelbo-backends --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 timeout 60 python benchmarks/loss_speed.py --loss kl-backends --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
-timeout 60 python benchmarks/loss_speed.py --loss kl --device cuda --tokens 16384 --repeats 5 2>&1 | tee -a "$LOG" | grep -E "^\||N =|speed" >> "$OUT/gpu_perf.md"
 
 section "E: DDP vs FSDP (trainer.strategy=fsdp) on one GPU: nccl, bf16, state per rank"
-timeout 240 python benchmarks/fsdp_memory.py --preset small --devices 1 --accelerator gpu --seq-len 1024 --steps 3 2>&1 | tee -a "$LOG" | grep -E "^\||preset" >> "$OUT/gpu_perf.md"
+timeout 150 python benchmarks/fsdp_memory.py --preset small --devices 1 --accelerator gpu --seq-len 1024 --steps 3 2>&1 | tee -a "$LOG" | grep -E "^\||preset" >> "$OUT/gpu_perf.md"
 [ "${RUN_CD:-0}" = 1 ] || { section "done (set RUN_CD=1 for B, C, D)"; exit 0; }
 
 section "B: curriculum memory at K=50257"
