@@ -154,3 +154,36 @@ def test_ema_refuses_parameters_a_strategy_has_flattened():
         net[0].weight.data = net[0].weight.data.flatten()[:5].clone()  # a rank's shard
     with pytest.raises(RuntimeError, match="original shapes.*trainer.strategy=fsdp or ddp"):
         ema.align(net)
+
+
+def test_fused_adamw_clips_gradients_under_bf16_mixed(tiny_corpus, duo_cache, tmp_path, monkeypatch):
+    # On CUDA the optimiser is fused AdamW, which Lightning's mixed-precision plugin
+    # refuses to clip for; the module clips it itself. CPU runs fused AdamW too, so the
+    # GPU path is exercised here: it must train as the foreach AdamW does, clipping included.
+    import duo.training.module as module
+
+    clip_norm = torch.nn.utils.clip_grad_norm_
+    norms = []
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        before = clip_norm(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        norms.append((float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+
+    def run(name, fused):
+        monkeypatch.setattr(module, "fused_adamw", lambda params, precision: fused)
+        cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / name, "trainer.max_steps=6",
+                                          "trainer.precision=bf16-mixed", "trainer.grad_clip=0.05"))
+        norms.clear()
+        train(cfg)
+        return losses(tmp_path / name), list(norms)
+
+    (fused, fused_norms), (foreach, _) = run("fused", True), run("foreach", None)
+    assert len(fused_norms) == 6, fused_norms
+    assert all(before > 0.05 and after <= 0.05 * 1.001 for before, after in fused_norms), fused_norms
+    for step in range(1, 7):
+        assert fused[step] == pytest.approx(foreach[step], rel=1e-3), step

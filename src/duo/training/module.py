@@ -48,6 +48,13 @@ def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | N
     return backbone, method
 
 
+def fused_adamw(params: list[torch.nn.Parameter], precision: str) -> bool | None:
+    """One kernel for the whole AdamW update on CUDA (else PyTorch's default, foreach),
+    except under float16 mixed precision, whose gradient scaler Lightning unscales
+    before clipping; a fused step would unscale again inside."""
+    return True if all(p.is_cuda for p in params) and not precision.startswith("16") else None
+
+
 class DiffusionLM(pl.LightningModule):
     def __init__(self, cfg: TrainConfig, tokenizer_vocab_size: int, tokenizer_files: dict | None = None,
                  init_weights: dict | None = None, metadata: dict | None = None):
@@ -167,11 +174,24 @@ class DiffusionLM(pl.LightningModule):
         params = list(self.backbone.parameters())
         opt = torch.optim.AdamW(
             params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
-            # One kernel for the whole update on CUDA; elsewhere the default (foreach).
-            fused=True if all(p.is_cuda for p in params) else None,
+            fused=fused_adamw(params, str(self.trainer.precision)),
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for a fused optimizer, which
+        # would unscale float16 gradients inside its step. Fused AdamW is only chosen
+        # without a gradient scaler (fused_adamw), so its gradients are clipped here.
+        if gradient_clip_val and optimizer.defaults.get("fused"):
+            grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if gradient_clip_algorithm in (None, "norm"):
+                torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(grads, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
