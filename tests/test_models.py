@@ -293,3 +293,23 @@ def test_model_cast_to_bf16_runs():
     out = model.to(torch.bfloat16)(ids, sigma)
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_aligned_linear_equals_linear_with_a_padded_row_stride():
+    # The output layer on CUDA pads its rows to a multiple of 64 for aligned GEMMs: values
+    # and gradients must be those of the plain linear layer.
+    from duo.models.layers import aligned_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(101, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(101, generator=g, dtype=torch.float64, requires_grad=True)
+    out = aligned_linear(x, w, b, 64)
+    assert out.shape == (3, 5, 101) and out.stride(-2) == 128  # a view of (3, 5, 128)
+    ref = torch.nn.functional.linear(x, w, b)
+    torch.testing.assert_close(out, ref)
+    weights = torch.randn(3, 5, 101, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * weights).sum(), (x, w, b))
+    for got, want in zip(grads, torch.autograd.grad((ref * weights).sum(), (x, w, b))):
+        torch.testing.assert_close(got, want)
+    assert aligned_linear(x, w[:64], b[:64], 64).is_contiguous()  # no padding needed

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from duo.models.attention import attention
 from duo.models.config import ModelConfig
 from duo.models.layers import (
-    LayerNorm, Rotary, TimestepEmbedder, TokenEmbedding, apply_rotary, modulate,
+    LayerNorm, Rotary, TimestepEmbedder, TokenEmbedding, aligned_linear, apply_rotary, modulate,
 )
 
 ModelInput = Tensor | tuple[Tensor, Tensor]
+VOCAB_ALIGN = 64  # the output layer's rows are padded to this multiple on CUDA
 
 
 class DiTBlock(nn.Module):
@@ -92,6 +93,8 @@ class FinalLayer(nn.Module):
         x = self.norm_final(x)
         if shift is not None:
             x = modulate(x, shift, scale)
+        if x.is_cuda:  # logits with a padded row stride (a view), for aligned GEMMs
+            return aligned_linear(x, self.linear.weight, self.linear.bias, VOCAB_ALIGN)
         return self.linear(x)
 
 

@@ -19,6 +19,22 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1.0 + scale) + shift
 
 
+def aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, multiple: int) -> Tensor:
+    """``F.linear(x, weight, bias)`` (..., K) computed with the K output rows padded to a
+    multiple of ``multiple``; returns a (..., K) view of the (..., K_pad) result.
+
+    cuBLAS falls back to slow kernels when a matrix's leading dimension is not a multiple
+    of 8 (bf16): with K = 50,257 (GPT-2's vocabulary) the output layer's backward took
+    8 ms of a 60 ms H100 step. The padding rows are zeros and get no gradient.
+    """
+    k = weight.shape[0]
+    pad = -k % multiple
+    if pad == 0:
+        return F.linear(x, weight, bias)
+    bias = None if bias is None else F.pad(bias, (0, pad))
+    return F.linear(x, F.pad(weight, (0, 0, 0, pad)), bias)[..., :k]
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with a weight and no bias, computed in float32.
 
