@@ -313,3 +313,30 @@ def test_aligned_linear_equals_linear_with_a_padded_row_stride():
     for got, want in zip(grads, torch.autograd.grad((ref * weights).sum(), (x, w, b))):
         torch.testing.assert_close(got, want)
     assert aligned_linear(x, w[:64], b[:64], 64).is_contiguous()  # no padding needed
+
+
+def test_compiled_backbone_runs_eagerly_without_gradients():
+    # trainer.compile=true compiles for training; validation and sampling (no gradients,
+    # new batch sizes, inference mode) must not recompile the network each time.
+    from duo.models import compile_backbone
+
+    captured = []
+
+    def backend(gm, example_inputs):
+        captured.append(gm)
+        return gm.forward
+
+    model = _randomised(_cfg())
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    sigma = torch.rand(2)
+    with torch.no_grad():
+        expected = model(ids, sigma)
+    compile_backbone(model, backend=backend)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, sigma), expected)
+    with torch.inference_mode():
+        model(ids[:1], sigma[:1])
+    assert captured == []
+    logits = model(ids, sigma)  # with gradients: the compiled graphs
+    assert len(captured) == 2  # hidden and output_layer.project
+    torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-6)

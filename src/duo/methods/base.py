@@ -38,15 +38,17 @@ def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return batch.get("attention_mask")
 
 
-# Default logits elements per chunk of token_loss. On an H100 (session 2, small, B x L
-# = 16 x 1024, K = 50,257, eager bf16) 2^27 made the step 2.2x faster than 2^24 for
-# 2.6 GiB more memory; CPU keeps the earlier default (the lowest memory).
+# Default logits elements per chunk of token_loss. CPU keeps the lowest memory. On an
+# H100 (small, B x L = 16 x 1024, K = 50,257, bf16, compiled network) the fused Duo loss,
+# which keeps only the bf16 logits for backward, ran 1.6x faster unchunked (2^31) than
+# at 2^27 for 2.4 GiB more (seventh session); losses through autograd keep several
+# float32 (tokens, K) tensors and stay at 2^27 (2.2x faster than 2^24, session 2).
 LOSS_CHUNK = {"cpu": 2**24}
-LOSS_CHUNK_ACCELERATOR = 2**27
+LOSS_CHUNK_ACCELERATOR = {"fused": 2**31, "autograd": 2**27}
 
 
 def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
-               max_elements: int | None = None, upcast: bool = True) -> Tensor:
+               max_elements: int | None = None, fused: bool = False) -> Tensor:
     """Per-token loss ``fn(logits (1, n, K), *rows (1, n, ...)) -> (1, n)`` as (B, L).
 
     With a large vocabulary the (B, L, K) logits and the loss's float32 intermediates
@@ -55,16 +57,17 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     checkpointing: only the final hidden states (B, L, D) are kept for backward, and
     the logits exist for one chunk at a time. ``rows`` are per-token tensors with
     leading dims (B, L). Small inputs take the direct path. ``max_elements=None`` picks
-    the chunk by device (:data:`LOSS_CHUNK`). ``upcast=False`` hands ``fn`` the logits
-    in the output layer's dtype (bf16 under autocast) for losses that upcast as they
-    read them (the fused NELBO and KL); otherwise they come as float32.
+    the chunk by device and loss (:data:`LOSS_CHUNK`). ``fused=True`` is for losses
+    that read the logits in the output layer's dtype (bf16 under autocast) and keep
+    only them for backward (the fused NELBO and KL); others get float32 logits.
     """
-    cast = (lambda t: t.float()) if upcast else (lambda t: t)
+    cast = (lambda t: t) if fused else (lambda t: t.float())
     h, c = backbone.hidden(model_input, sigma)
     head = backbone.output_layer
     B, L, D = h.shape
     if max_elements is None:
-        max_elements = LOSS_CHUNK.get(h.device.type, LOSS_CHUNK_ACCELERATOR)
+        accelerator = LOSS_CHUNK_ACCELERATOR["fused" if fused else "autograd"]
+        max_elements = LOSS_CHUNK.get(h.device.type, accelerator)
     K = head.linear.out_features
     per_chunk = max(1, max_elements // K)
     if per_chunk >= B * L:
