@@ -41,7 +41,7 @@ def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
 # Default logits elements per chunk of token_loss. CPU keeps the lowest memory. On an
 # H100 (small, B x L = 16 x 1024, K = 50,257, bf16, compiled network) the fused Duo loss,
 # which keeps only the bf16 logits for backward, ran 1.6x faster unchunked (2^31) than
-# at 2^27 for 2.4 GiB more (seventh session); losses through autograd keep several
+# at 2^27 for 2.4 GiB more (fifth session); losses through autograd keep several
 # float32 (tokens, K) tensors and stay at 2^27 (2.2x faster than 2^24, session 2).
 LOSS_CHUNK = {"cpu": 2**24}
 LOSS_CHUNK_ACCELERATOR = {"fused": 2**31, "autograd": 2**27}
