@@ -51,7 +51,8 @@ LOSSES = {
 
 def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device: str,
           compile_model: bool, vocab: int, algo: str, curriculum: str,
-          chunks: list[int | None], losses: list[str], profile: str | None = None) -> list[dict]:
+          chunks: list[int | None], losses: list[str], profile: str | None = None,
+          compile_mode: str | None = None) -> list[dict]:
     """One row per (loss, chunk) variant, all on one model (compiled once)."""
     overrides = [f"algo={algo}", f"model={preset}", f"model.max_seq_len={max(seq_len, 8)}"]
     if algo == "duo" and curriculum != "none":
@@ -63,7 +64,8 @@ def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device
     import duo.methods.duo as duo_method
 
     if compile_model:
-        compile_backbone(backbone)  # what trainer.compile=true does
+        # what trainer.compile=true does (mode None); other modes for comparison
+        compile_backbone(backbone, **({"mode": compile_mode} if compile_mode else {}))
     opt = torch.optim.AdamW(backbone.parameters(), lr=1e-4, fused=device == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, vocab, (batch, seq_len), device=device, generator=gen)
@@ -98,7 +100,7 @@ def bench(preset: str, batch: int, seq_len: int, steps: int, warmup: int, device
             tok_s = batch * seq_len / dt
             rows.append({
                 "preset": preset, "algo": algo, "curriculum": curriculum, "device": device,
-                "compile": compile_model, "loss": loss, "chunk": chunk, "batch": batch,
+                "compile": (compile_mode or True) if compile_model else False, "loss": loss, "chunk": chunk, "batch": batch,
                 "seq_len": seq_len, "vocab": vocab, "params": count_parameters(backbone),
                 "step_s": dt, "tokens_per_s": tok_s, "tflops": tok_s * fpt / 1e12,
                 "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
@@ -168,6 +170,9 @@ def main() -> None:
                     help="logits elements per chunk of the output layer + loss "
                          "(default: the library's, chosen by device); several are timed in turn")
     ap.add_argument("--profile", help="write a kernel-time table of the last variant here")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode with --compile, e.g. max-autotune-no-cudagraphs "
+                         "(default: torch's default, as trainer.compile=true)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--json", help="append results as JSON lines to this file")
@@ -179,7 +184,7 @@ def main() -> None:
         vocab = args.tiny_vocab if preset == "tiny" else args.vocab
         rows += bench(preset, args.batch, args.seq_len, args.steps, args.warmup, args.device,
                       args.compile, vocab, args.algo, args.curriculum, args.loss_chunk_elements,
-                      args.loss, args.profile)
+                      args.loss, args.profile, args.compile_mode)
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("| preset | algo | curriculum | compile | loss | chunk | B x L | K | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |")
