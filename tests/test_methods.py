@@ -44,3 +44,29 @@ def test_hidden_then_head_equals_forward():
     sigma = torch.tensor([0.5, 2.0])
     h, c = backbone.hidden(z, sigma)
     assert torch.allclose(backbone.output_layer(h, c), backbone(z, sigma), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, dtype", [("autograd", torch.float32), ("fused-nelbo", torch.bfloat16),
+                                         ("fused-kl", torch.bfloat16)])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_token_loss_hands_fused_losses_the_bf16_logits(kind, dtype, chunked):
+    # Under bf16 autocast the output layer gives bf16 logits: the fused losses read them
+    # as they are (an upcast copy adds no precision), the others get float32.
+    from duo.methods.base import token_loss
+
+    cfg = build_config(["algo=duo", *TINY])
+    backbone, _ = build_method(cfg, 40)
+    _randomise(backbone)
+    x = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def fn(logits, ids):
+        seen.append(logits.dtype)
+        return logits.float().logsumexp(-1) - logits.float().gather(-1, ids[..., None])[..., 0]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = token_loss(fn, backbone, x, torch.rand(2), x, kind=kind,
+                         max_elements=8 * 40 if chunked else None)
+    out.sum().backward()
+    assert out.shape == (2, 16) and seen and set(seen) == {dtype}
+    assert backbone.output_layer.linear.weight.grad is not None

@@ -38,17 +38,32 @@ def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return batch.get("attention_mask")
 
 
-# Default logits elements per chunk of token_loss. CPU keeps the lowest memory. On an
-# H100 (small, B x L = 16 x 1024, K = 50,257, bf16, compiled network) the fused Duo loss,
-# which keeps only the bf16 logits for backward, ran 1.6x faster unchunked (2^31) than
-# at 2^27 for 2.4 GiB more (fifth session); losses through autograd keep several
-# float32 (tokens, K) tensors and stay at 2^27 (2.2x faster than 2^24, session 2).
+@dataclass(frozen=True)
+class LossKind:
+    """How :func:`token_loss` feeds a loss: ``half_logits`` hands it the output layer's
+    logits in their dtype (bf16 under autocast; the fused losses upcast as they read),
+    else float32; ``accelerator_chunk`` is the default logits elements per chunk off CPU."""
+
+    half_logits: bool
+    accelerator_chunk: int
+
+
+# CPU keeps the lowest memory (2^24 logits elements per chunk). On an H100 (small,
+# B x L = 16 x 1024, K = 50,257, bf16, compiled network) the fused NELBO, which keeps only
+# the bf16 logits for backward, ran 1.6x faster unchunked (2^31) than at 2^27 for 2.4 GiB
+# more (fifth session). Autograd keeps several float32 (tokens, K) tensors: 2^27 (2.2x
+# faster than 2^24, session 2). The fused KL also keeps the teacher's float32 log-probs
+# and a float32 copy of its logits per chunk, so it stays at 2^27 until measured.
 LOSS_CHUNK = {"cpu": 2**24}
-LOSS_CHUNK_ACCELERATOR = {"fused": 2**31, "autograd": 2**27}
+LOSS_KINDS = {
+    "autograd": LossKind(half_logits=False, accelerator_chunk=2**27),
+    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**31),
+    "fused-kl": LossKind(half_logits=True, accelerator_chunk=2**27),
+}
 
 
 def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
-               max_elements: int | None = None, fused: bool = False) -> Tensor:
+               max_elements: int | None = None, kind: str = "autograd") -> Tensor:
     """Per-token loss ``fn(logits (1, n, K), *rows (1, n, ...)) -> (1, n)`` as (B, L).
 
     With a large vocabulary the (B, L, K) logits and the loss's float32 intermediates
@@ -56,18 +71,17 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     and the loss run on chunks of about ``max_elements / K`` tokens under activation
     checkpointing: only the final hidden states (B, L, D) are kept for backward, and
     the logits exist for one chunk at a time. ``rows`` are per-token tensors with
-    leading dims (B, L). Small inputs take the direct path. ``max_elements=None`` picks
-    the chunk by device and loss (:data:`LOSS_CHUNK`). ``fused=True`` is for losses
-    that read the logits in the output layer's dtype (bf16 under autocast) and keep
-    only them for backward (the fused NELBO and KL); others get float32 logits.
+    leading dims (B, L). Small inputs take the direct path. ``kind`` (a key of
+    :data:`LOSS_KINDS`) says whether ``fn`` takes half-precision logits and, with
+    ``max_elements=None``, the chunk off CPU (:data:`LOSS_CHUNK` on CPU).
     """
-    cast = (lambda t: t) if fused else (lambda t: t.float())
+    spec = LOSS_KINDS[kind]
+    cast = (lambda t: t) if spec.half_logits else (lambda t: t.float())
     h, c = backbone.hidden(model_input, sigma)
     head = backbone.output_layer
     B, L, D = h.shape
     if max_elements is None:
-        accelerator = LOSS_CHUNK_ACCELERATOR["fused" if fused else "autograd"]
-        max_elements = LOSS_CHUNK.get(h.device.type, accelerator)
+        max_elements = LOSS_CHUNK.get(h.device.type, spec.accelerator_chunk)
     K = head.linear.out_features
     per_chunk = max(1, max_elements // K)
     if per_chunk >= B * L:

@@ -70,7 +70,7 @@ class DistillMethod(DuoMethod):
             shift, scale = shift.expand(shape), scale.expand(shape)
         per_token = token_loss(self._kl, self.backbone, pair.z_t, sigma_from_alpha(alpha_t),
                                teacher_h, shift, scale,
-                               max_elements=self.loss_chunk_elements, fused=True)
+                               max_elements=self.loss_chunk_elements, kind="fused-kl")
         out = reduce_tokens(per_token, attention_mask(batch))
         out.metrics.update({"round": float(n), "delta": delta})
         return out

@@ -94,7 +94,7 @@ class DuoMethod:
         sigma = sigma_from_alpha(alpha[:, 0].float())
         alpha, dalpha = alpha.expand(x.shape), dalpha.expand(x.shape)
         return token_loss(_nelbo_from_logits, self.backbone, model_input, sigma, z_t, x, alpha, dalpha,
-                          max_elements=self.loss_chunk_elements, fused=True)
+                          max_elements=self.loss_chunk_elements, kind="fused-nelbo")
 
     def denoiser(self, z: Tensor, alpha_t: Tensor) -> Tensor:
         """Sampler contract: ids (B, L) and alpha (B,) -> log-probs (B, L, K)."""
