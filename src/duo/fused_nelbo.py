@@ -55,8 +55,9 @@ def _row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor,
-              point: Tensor) -> Tensor:
-    """(N, K): ``g_lam w - (g_lam sum(w) + point) p``, ``w = r p / (1 + r p)``."""
+              point: Tensor, z: Tensor, x: Tensor, g_z: Tensor, g_x: Tensor) -> Tensor:
+    """(N, K): ``g_lam w - (g_lam sum(w) + point) p``, ``w = r p / (1 + r p)``, plus
+    ``g_z`` at column ``z`` and ``g_x`` at ``x`` of each row."""
     n, K = logits.shape
     out = torch.empty_like(logits)
     parts = row_chunks(n, K, logits.device)
@@ -69,6 +70,8 @@ def _lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tenso
         w.div_(torch.add(w, 1.0, out=den))  # r p / (1 + r p), accurate for small r p
         total = g_lam[rows] * w.sum(-1) + point[rows]
         torch.mul(w, g_lam[rows, None], out=out[rows]).addcmul_(e, (-total / mass[rows])[:, None])
+    out.scatter_add_(1, z[:, None], g_z[:, None])
+    out.scatter_add_(1, x[:, None], g_x[:, None])
     return out
 
 
@@ -103,10 +106,9 @@ class _NelboFromLogits(torch.autograd.Function):
         w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
         # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
         point = g_a * w_z + g_c * w_x
+        # The point terms are added before any rounding to the logits' dtype (see lam_grad).
         out = dispatch(nelbo_triton.lam_grad, _upcast(_lam_grad, r.dtype), logits, logits, top,
-                       mass, r, g_lam, point)
-        out.scatter_add_(1, z[:, None], (g_a * w_z).to(out.dtype)[:, None])
-        out.scatter_add_(1, x[:, None], (g_c * w_x).to(out.dtype)[:, None])
+                       mass, r, g_lam, point, z, x, g_a * w_z, g_c * w_x)
         return out, None, None, None, None, None
 
 

@@ -49,7 +49,7 @@ if triton is not None:
 
     @triton.jit
     def _backward_kernel(logits_ptr, out_ptr, top_ptr, mass_ptr, r_ptr, g_lam_ptr, point_ptr,
-                         K, stride, BLOCK: tl.constexpr):
+                         z_ptr, x_ptr, g_z_ptr, g_x_ptr, K, stride, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + row * stride
         top = tl.load(top_ptr + row)
@@ -64,12 +64,17 @@ if triton is not None:
             acc += y / (1.0 + y)  # w = r p / (1 + r p)
         total = g_lam * tl.sum(acc, 0) + tl.load(point_ptr + row)
         coef = total / mass
+        z, x = tl.load(z_ptr + row), tl.load(x_ptr + row)
+        g_z, g_x = tl.load(g_z_ptr + row), tl.load(g_x_ptr + row)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
             e = tl.exp(v - top)
             y = rate * e
             d = g_lam * (y / (1.0 + y)) - coef * e
+            # The terms at z and x join in float32: at a confident x they cancel most of
+            # -coef e, which a bf16 store before the sum would leave as rounding error.
+            d += tl.where(cols == z, g_z, 0.0) + tl.where(cols == x, g_x, 0.0)
             tl.store(out_ptr + row * K + cols, d.to(out_ptr.dtype.element_ty), mask=cols < K)
 
 
@@ -86,14 +91,16 @@ def row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor,
-             point: Tensor) -> Tensor:
+             point: Tensor, z: Tensor, x: Tensor, g_z: Tensor, g_x: Tensor) -> Tensor:
     """(N, K) gradient ``g_lam w - (g_lam sum(w) + point) p`` with ``p = softmax(logits)``
-    and ``w = r p / (1 + r p)``: the part of the NELBO's backward that spans the row.
-    Computed in float32, stored in the logits' dtype."""
+    and ``w = r p / (1 + r p)``, plus ``g_z`` at column ``z`` and ``g_x`` at ``x`` of
+    each row (ids (N,)): the NELBO's backward. Computed in float32, stored in the
+    logits' dtype."""
     n, K = logits.shape
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     out = torch.empty((n, K), dtype=logits.dtype, device=logits.device)
     if n:
         launch(_backward_kernel, n, logits.device, logits, out, f32(top), f32(mass), f32(r),
-               f32(g_lam), f32(point), K, logits.stride(0), BLOCK=BLOCK)
+               f32(g_lam), f32(point), z.contiguous(), x.contiguous(), f32(g_z), f32(g_x), K,
+               logits.stride(0), BLOCK=BLOCK)
     return out
