@@ -70,3 +70,17 @@ def test_token_loss_hands_fused_losses_the_bf16_logits(kind, dtype, chunked):
     out.sum().backward()
     assert out.shape == (2, 16) and seen and set(seen) == {dtype}
     assert backbone.output_layer.linear.weight.grad is not None
+
+
+def test_default_loss_chunk_is_large_only_for_the_fused_nelbo_with_its_kernels(monkeypatch):
+    import duo.methods.base as base
+
+    t = torch.zeros(1)
+    assert base.default_chunk("fused-nelbo", t) == base.default_chunk("autograd", t) == 2**24  # CPU
+    monkeypatch.setattr(base, "LOSS_CHUNK", {})  # as on an accelerator
+    monkeypatch.setattr(base, "kernels_available", lambda t: True)
+    assert base.default_chunk("fused-nelbo", t) == 2**31
+    assert base.default_chunk("fused-kl", t) == base.default_chunk("autograd", t) == 2**27
+    # without the kernels the fused NELBO upcasts and keeps float32 copies
+    monkeypatch.setattr(base, "kernels_available", lambda t: False)
+    assert base.default_chunk("fused-nelbo", t) == 2**27

@@ -8,6 +8,8 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+from ..kernels.common import available as kernels_available
+
 
 @dataclass
 class LossOutput:
@@ -46,6 +48,7 @@ class LossKind:
 
     half_logits: bool
     accelerator_chunk: int
+    needs_kernels: bool = False  # the chunk assumes the Triton kernels; else autograd's
 
 
 # CPU keeps the lowest memory (2^24 logits elements per chunk). On an H100 (small,
@@ -57,9 +60,18 @@ class LossKind:
 LOSS_CHUNK = {"cpu": 2**24}
 LOSS_KINDS = {
     "autograd": LossKind(half_logits=False, accelerator_chunk=2**27),
-    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**31),
+    # Without its kernels the fused NELBO upcasts and keeps float32 copies: autograd's chunk.
+    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**31, needs_kernels=True),
     "fused-kl": LossKind(half_logits=True, accelerator_chunk=2**27),
 }
+
+
+def default_chunk(kind: str, t: Tensor) -> int:
+    """Logits elements per chunk of :func:`token_loss` for a loss ``kind`` on ``t``'s device."""
+    spec = LOSS_KINDS[kind]
+    if spec.needs_kernels and not kernels_available(t):
+        spec = LOSS_KINDS["autograd"]
+    return LOSS_CHUNK.get(t.device.type, spec.accelerator_chunk)
 
 
 def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
@@ -81,7 +93,7 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     head = backbone.output_layer
     B, L, D = h.shape
     if max_elements is None:
-        max_elements = LOSS_CHUNK.get(h.device.type, spec.accelerator_chunk)
+        max_elements = default_chunk(kind, h)
     K = head.linear.out_features
     per_chunk = max(1, max_elements // K)
     if per_chunk >= B * L:

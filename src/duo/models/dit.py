@@ -93,7 +93,9 @@ class FinalLayer(nn.Module):
         x = self.norm_final(x)
         if shift is not None:
             x = modulate(x, shift, scale)
-        if x.is_cuda:  # logits with a padded row stride (a view), for aligned GEMMs
+        # Logits with a padded row stride (a view), for aligned GEMMs. This reads
+        # linear.weight directly: hooks on output_layer.linear do not run on CUDA.
+        if x.is_cuda:
             return aligned_linear(x, self.linear.weight, self.linear.bias, VOCAB_ALIGN)
         return self.linear(x)
 
