@@ -149,3 +149,24 @@ def test_fsdp_distillation_matches_ddp(ddp_run, tmp_path):
     assert teachers[0]["round"] == teachers[1]["round"] == 1
     for key, value in teachers[0]["teacher"].items():
         torch.testing.assert_close(teachers[1]["teacher"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fsdp_clips_fused_adamw_gradients_like_foreach(tiny_corpus, duo_cache, tmp_path):
+    # On CUDA, FSDP runs fused AdamW, whose gradients (DTensor shards) the module clips
+    # itself (Lightning's mixed-precision plugin refuses to). CPU has fused AdamW too.
+    def run(name: str, fused: bool) -> dict:
+        overrides = tiny_overrides(
+            tiny_corpus, duo_cache, tmp_path / name, "trainer.max_steps=4", "trainer.accelerator=cpu",
+            "trainer.devices=2", "trainer.strategy=fsdp", "algo.curriculum=none",
+            # a norm of 1e-7 leaves Adam's updates ~100x smaller (its eps is 1e-8): visible
+            "trainer.precision=bf16-mixed", "trainer.grad_clip=1e-7")
+        patch = "setattr(__import__('duo.training.module', fromlist=['_']), 'fused_adamw', lambda p, prec: True)"
+        call = f"train(build_config({overrides!r}))"
+        run_script(tmp_path / name, name, f"({patch}, {call})[1]" if fused else call)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["split"] == "train"}
+
+    fused, foreach = run("fused", True), run("foreach", False)
+    assert sorted(fused) == [1, 2, 3, 4]
+    for step in fused:
+        assert fused[step] == pytest.approx(foreach[step], rel=1e-3), step
