@@ -14,8 +14,13 @@ timeout 120 $TT --batch 16 --loss-chunk-elements 134217728 2147483648 --profile 
 date +%T
 timeout 150 $TT --batch ${BIG_BATCH:-64} --loss-chunk-elements 2147483648 4294967296 --profile "$OUT/profile_b64.md" 2>&1 | grep -E "^\| small|Error" | tee -a "$OUT/mfu.md"
 date +%T
-# inductor's max-autotune (GEMM templates with fused epilogues): long compile, so opt-in
-[ "${AUTOTUNE:-0}" = 1 ] && timeout 400 $TT --batch 16 --loss-chunk-elements 2147483648 --compile-mode max-autotune-no-cudagraphs 2>&1 | grep -E "^\| small|Error" | tee -a "$OUT/mfu.md"
+# Other torch.compile modes, opt-in (long compiles): e.g.
+#   COMPILE_MODES="max-autotune-no-cudagraphs reduce-overhead" bash benchmarks/gpu_mfu.sh
+# (max-autotune: GEMM templates with fused epilogues; reduce-overhead: CUDA graphs)
+for mode in ${COMPILE_MODES:-}; do
+  timeout 400 $TT --batch 16 --loss-chunk-elements 2147483648 --compile-mode "$mode" 2>&1 | grep -E "^\| small|Error" | tee -a "$OUT/mfu.md"
+  date +%T
+done
 timeout 150 python -c "import sys; from duo.cli import main; sys.exit(main())" train model=small data.seq_len=1024 \
   trainer.batch_size=16 trainer.max_steps=40 trainer.compile=true trainer.val_every=40 trainer.val_batches=2 \
   trainer.log_every=10 trainer.progress_bar=false sample.num_samples=2 run_dir=/tmp/gpu-train > "$OUT/train.txt" 2>&1
