@@ -105,10 +105,11 @@ class _NelboFromLogits(torch.autograd.Function):
         g_lam, g_a, g_c = (grad * c for c in _coefficients(K, a, da, r, hit, a_i))
         w_z, w_x = r * p_z / (1.0 + r * p_z), r * p_x / (1.0 + r * p_x)
         # softmax backward: d logits_j = p_j (g_j - sum_k p_k g_k), g = dL/dp
-        point = g_a * w_z + g_c * w_x
+        g_z, g_x = g_a * w_z, g_c * w_x
+        point = g_z + g_x
         # The point terms are added before any rounding to the logits' dtype (see lam_grad).
         out = dispatch(nelbo_triton.lam_grad, _upcast(_lam_grad, r.dtype), logits, logits, top,
-                       mass, r, g_lam, point, z, x, g_a * w_z, g_c * w_x)
+                       mass, r, g_lam, point, z, x, g_z, g_x)
         return out, None, None, None, None, None
 
 

@@ -67,7 +67,10 @@ LOSS_KINDS = {
 
 
 def default_chunk(kind: str, t: Tensor) -> int:
-    """Logits elements per chunk of :func:`token_loss` for a loss ``kind`` on ``t``'s device."""
+    """Logits elements per chunk of :func:`token_loss` for a loss ``kind`` on ``t``'s device.
+
+    Decided per call: after a failed kernel launch (kernels off for the process) the
+    next steps get the smaller chunk; the step in which it failed keeps the large one."""
     spec = LOSS_KINDS[kind]
     if spec.needs_kernels and not kernels_available(t):
         spec = LOSS_KINDS["autograd"]

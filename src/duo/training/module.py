@@ -51,7 +51,7 @@ def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | N
 def fused_adamw(params: list[torch.nn.Parameter], precision: str) -> bool | None:
     """One kernel for the whole AdamW update on CUDA (else PyTorch's default, foreach),
     except under float16 precision, where Lightning unscales the gradient scaler's
-    gradients and clips them itself and refuses fused optimisers."""
+    gradients itself and refuses to clip gradients for fused optimisers."""
     return True if all(p.is_cuda for p in params) and not precision.startswith("16") else None
 
 
