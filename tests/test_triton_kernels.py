@@ -14,7 +14,16 @@ import pytest
 
 pytest.importorskip("triton")
 
-CHECK = textwrap.dedent("""
+# Prepended to the scripts: a kernel whose launch fails, as on a GPU Triton cannot compile for.
+BROKEN = textwrap.dedent("""
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("no kernel for this GPU")
+            return launch
+""")
+
+CHECK = BROKEN + textwrap.dedent("""
     import os, torch
     from duo.fused_nelbo import usdm_nelbo_from_logits
     from duo.kernels import nelbo_triton
@@ -84,11 +93,6 @@ CHECK = textwrap.dedent("""
     # A launch that fails (a GPU Triton cannot compile for) warns once, turns the
     # kernels off and the loss falls back to the PyTorch passes.
     import warnings
-    class Broken:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                raise RuntimeError("no kernel for this GPU")
-            return launch
     nelbo_triton._forward_kernel = Broken()
     os.environ["DUO_TRITON"] = "1"
     with warnings.catch_warnings(record=True) as caught:
@@ -173,7 +177,7 @@ def test_triton_kl_kernels_match_the_pytorch_passes_and_float64():
     interpret(KL_CHECK)
 
 
-HALF_CHECK = textwrap.dedent("""
+HALF_CHECK = BROKEN + textwrap.dedent("""
     import os, torch
     from duo.fused_kl import distillation_kl_from_logits
     from duo.fused_nelbo import usdm_nelbo_from_logits
@@ -220,11 +224,6 @@ HALF_CHECK = textwrap.dedent("""
     # After a failed launch the PyTorch passes take over, on bf16 logits too.
     import warnings
     from duo.kernels import nelbo_triton
-    class Broken:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                raise RuntimeError("no kernel for this GPU")
-            return launch
     nelbo_triton._backward_kernel = Broken()
     os.environ["DUO_TRITON"] = "1"
     leaf = s.detach().requires_grad_()
