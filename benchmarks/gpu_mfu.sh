@@ -27,3 +27,6 @@ timeout 150 python -c "import sys; from duo.cli import main; sys.exit(main())" t
 echo "duo train rc=$?" | tee -a "$OUT/mfu.md"; tail -4 "$OUT/train.txt"
 cp /tmp/gpu-train/metrics.jsonl "$OUT/" 2>/dev/null; grep -h '"train"' "$OUT/metrics.jsonl" | tail -2
 date +%T
+# FSDP on one GPU (nccl, bf16): state per rank vs DDP; opt-in (about 1 minute)
+[ "${FSDP:-0}" = 1 ] && timeout 150 python benchmarks/fsdp_memory.py --preset small --devices 1 --accelerator gpu --seq-len 1024 --steps 3 2>&1 | grep -E "^\||preset|Error" | tee -a "$OUT/mfu.md"
+date +%T
