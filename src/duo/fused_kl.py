@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import kl_triton
-from .kernels.common import HALF, dispatch, upcast as _upcast
+from .kernels.common import compute_dtype, dispatch, loss_input, upcast as _upcast
 from .losses import kl_terms
 from .utils.chunks import row_chunks
 
@@ -86,10 +86,9 @@ class _KlFromLogits(torch.autograd.Function):
                        grad, ctx.reverse)
         # A token whose KL is infinite (the teacher rules out a token the student allows)
         # has a gradient only if it is used: 0 * inf would otherwise spread NaN.
+        # (masked_fill_ rather than a test for any such row: no device sync per chunk)
         unused = (grad == 0) & ~torch.isfinite(kl)
-        if bool(unused.any()):
-            out[unused] = 0.0
-        return out, None, None
+        return out.masked_fill_(unused[:, None], 0.0), None, None
 
 
 def distillation_kl_from_logits(
@@ -109,10 +108,8 @@ def distillation_kl_from_logits(
         )
     if direction not in ("reverse", "forward"):
         raise ValueError(f"direction={direction!r}; valid: 'reverse', 'forward'")
-    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    K = student_logits.shape[-1]
-    if not (student_logits.dtype in HALF and kl_triton.available(student_logits)):
-        student_logits = student_logits.to(dtype)  # bf16 stays bf16 for the kernels
+    dtype, K = compute_dtype(student_logits), student_logits.shape[-1]
+    student_logits = loss_input(student_logits)
     with torch.autocast(student_logits.device.type, enabled=False):
         kl = _KlFromLogits.apply(student_logits.reshape(-1, K),
                                  teacher_log_probs.detach().to(dtype).reshape(-1, K), direction == "reverse")

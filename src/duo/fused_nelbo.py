@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import nelbo_triton
-from .kernels.common import HALF, dispatch, upcast as _upcast
+from .kernels.common import compute_dtype, dispatch, loss_input, upcast as _upcast
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
 
@@ -125,15 +125,11 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
         K = _check_pair(logits, z_t, x)
     else:
         K = logits.shape[-1]
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    a, da, r = usdm_rates(alpha_t, dalpha_t, z_t, K, dtype)
+    a, da, r = usdm_rates(alpha_t, dalpha_t, z_t, K, compute_dtype(logits))
     if torch.is_grad_enabled() and (a.requires_grad or da.requires_grad):
         raise ValueError("usdm_nelbo_from_logits differentiates only with respect to the logits, but "
                          "alpha_t or dalpha_t requires grad; use duo.losses.usdm_nelbo for that")
-    # bf16 logits (autocast's output layer) stay bf16 when the kernels read them: an upcast
-    # copy adds no precision, only a (tokens, K) float32 write and its reads.
-    if not (logits.dtype in HALF and nelbo_triton.available(logits)):
-        logits = logits.to(dtype)
+    logits = loss_input(logits)
     with torch.autocast(logits.device.type, enabled=False):
         out = _NelboFromLogits.apply(logits.reshape(-1, K), z_t.reshape(-1), x.reshape(-1),
                                      a.reshape(-1), da.reshape(-1), r.reshape(-1))

@@ -68,6 +68,20 @@ def dispatch(kernel_fn: Callable, torch_fn: Callable, t: Tensor, *args):
     return torch_fn(*args)
 
 
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """What the fused losses compute in for inputs like ``t``: float64 stays, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def loss_input(logits: Tensor) -> Tensor:
+    """``logits`` as the fused losses take them: bf16 / float16 as they are when the
+    kernels will read them (an upcast copy adds no precision, only a (tokens, K) float32
+    write and its reads), else in :func:`compute_dtype`."""
+    if logits.dtype in HALF and available(logits):
+        return logits
+    return logits.to(compute_dtype(logits))
+
+
 def upcast(torch_pass, dtype: torch.dtype):
     """``torch_pass`` on logits upcast to ``dtype`` (the PyTorch passes compute in the
     logits' dtype; the kernels upcast bf16 rows as they read them), with a tensor result
