@@ -26,8 +26,9 @@ from duo.models import compile_backbone, count_parameters, flops_per_token
 from duo.training.module import build_method
 
 
-def _autograd_nelbo(s, z, x, a, da):
-    return usdm_nelbo(s.float().log_softmax(-1), z, x, a, da)
+def _autograd_nelbo(s, z, x, a, da, vocab_size=None):
+    # (Duo's loss gets the padded output layer's logits on CUDA: the first vocab_size columns)
+    return usdm_nelbo(s[..., :vocab_size].float().log_softmax(-1), z, x, a, da)
 
 
 def _triton(on: bool):

@@ -36,6 +36,43 @@ def test_chunked_token_loss_equals_the_direct_one(algo, monkeypatch):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_direct, grads_chunked))
 
 
+@pytest.mark.parametrize("chunk", [None, 5 * 40])
+def test_duo_loss_on_the_padded_output_layer_equals_the_plain_one(chunk, monkeypatch):
+    """On CUDA the output layer pads its rows to a multiple of 64 and Duo's fused loss
+    takes the padded logits (its gradient then needs no zero-padded copy): the loss and
+    every gradient equal those of the plain layer (forced here on CPU)."""
+    import duo.methods.duo as duo_method
+
+    widths = []
+    fused = duo_method.usdm_nelbo_from_logits
+
+    def spy(logits, *args, **kwargs):
+        widths.append(logits.shape[-1])
+        return fused(logits, *args, **kwargs)
+
+    monkeypatch.setattr(duo_method, "usdm_nelbo_from_logits", spy)
+    cfg = build_config(["algo=duo", *TINY])
+    backbone, method = build_method(cfg, 40)
+    _randomise(backbone)
+    method.loss_chunk_elements = chunk
+    x = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.2, 0.4, 0.6, 0.8])
+
+    def run(align):
+        backbone.output_layer.align = align
+        backbone.zero_grad()
+        out = method.training_loss({"input_ids": x}, t, generator=torch.Generator().manual_seed(3))
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in backbone.parameters() if p.grad is not None]
+
+    loss, grads = run(None)
+    loss_padded, grads_padded = run(64)
+    assert set(widths) == {40, 64}
+    assert torch.allclose(loss, loss_padded, atol=1e-6)
+    assert len(grads) == len(grads_padded)
+    assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_padded))
+
+
 def test_hidden_then_head_equals_forward():
     cfg = build_config(["algo=duo", *TINY])
     backbone, _ = build_method(cfg, 30)
@@ -60,9 +97,10 @@ def test_token_loss_hands_fused_losses_the_bf16_logits(kind, dtype, chunked):
     x = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(0))
     seen = []
 
-    def fn(logits, ids):
+    def fn(logits, ids, vocab_size=None):
         seen.append(logits.dtype)
-        return logits.float().logsumexp(-1) - logits.float().gather(-1, ids[..., None])[..., 0]
+        logits = logits[..., :vocab_size].float()
+        return logits.logsumexp(-1) - logits.gather(-1, ids[..., None])[..., 0]
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = token_loss(fn, backbone, x, torch.rand(2), x, kind=kind,

@@ -74,22 +74,38 @@ CHECK = BROKEN + textwrap.dedent("""
     from duo.fused_nelbo import _lam_grad
     logits = torch.randn(6, 3000, generator=g) * 4
     r = torch.tensor([1e-7, 1e-4, 0.3, 3.0, 300.0, 1e5])
-    top, mass, lam = nelbo_triton.row_stats(logits, r)
+    top, mass, lam, sum_w = nelbo_triton.row_stats(logits, r)
     p64 = logits.double().softmax(-1)
     lam64 = torch.log1p(r.double()[:, None] * p64).sum(-1)
+    w64 = r.double()[:, None] * p64 / (1 + r.double()[:, None] * p64)
     assert ((lam.double() - lam64).abs() / lam64).max() < 1e-5, (lam, lam64)
+    assert ((sum_w.double() - w64.sum(-1)).abs() / w64.sum(-1)).max() < 1e-5, (sum_w, w64.sum(-1))
     assert torch.allclose(top, logits.amax(-1))
     assert torch.allclose(mass.double(), (logits.double() - top.double()[:, None]).exp().sum(-1), rtol=1e-5)
     g_lam, point = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    coef = (g_lam * sum_w + point) / mass
     zi, xi = torch.tensor([0, 5, 2999, 7, 7, 100]), torch.tensor([1, 5, 0, 7, 8, 2999])
     g_z, g_x = torch.randn(6, generator=g), torch.randn(6, generator=g)
-    grad = nelbo_triton.lam_grad(logits, top, mass, r, g_lam, point, zi, xi, g_z, g_x)
-    w64 = r.double()[:, None] * p64 / (1 + r.double()[:, None] * p64)
+    # written into 3008 columns (the padded output layer's), the last 8 zeros
+    grad = nelbo_triton.lam_grad(logits, top, mass, r, g_lam, coef, zi, xi, g_z, g_x, 3008)
+    assert grad.shape == (6, 3008) and (grad[:, 3000:] == 0).all()
+    grad = grad[:, :3000]
     grad64 = g_lam.double()[:, None] * w64 - (g_lam.double() * w64.sum(-1) + point.double())[:, None] * p64
     grad64.scatter_add_(1, zi[:, None], g_z.double()[:, None]).scatter_add_(1, xi[:, None], g_x.double()[:, None])
     assert ((grad.double() - grad64).abs().max(-1).values / grad64.abs().max(-1).values).max() < 1e-5
-    ref = _lam_grad(logits, top, mass, r, g_lam, point, zi, xi, g_z, g_x)
-    assert torch.allclose(grad, ref, rtol=1e-4, atol=1e-9)
+    ref = _lam_grad(logits, top, mass, r, g_lam, coef, zi, xi, g_z, g_x, 3008)
+    assert (ref[:, 3000:] == 0).all()
+    assert torch.allclose(grad, ref[:, :3000], rtol=1e-4, atol=1e-9)
+    # Rows starting with -inf blocks (the running max is -inf for a while), and one
+    # large logit late in the row (the running mass is rescaled).
+    rows = torch.randn(3, 5000, generator=g)
+    rows[0, :4500] = float("-inf")
+    rows[1, 4999] = 80.0
+    rows[2, :2048] = float("-inf")
+    top, mass, *_ = nelbo_triton.row_stats(rows, torch.ones(3))
+    assert torch.equal(top, rows.amax(-1))
+    mass64 = (rows.double() - top.double()[:, None]).exp().sum(-1)
+    assert torch.allclose(mass.double(), mass64, rtol=1e-5), (mass, mass64)
     # A launch that fails (a GPU Triton cannot compile for) warns once, turns the
     # kernels off and the loss falls back to the PyTorch passes.
     import warnings
@@ -221,6 +237,20 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
             # elementwise: one bf16 rounding of the float32 gradient, not a sum of roundings
             ulp = 2.0 ** -7 * g32.abs() + 1e-30
             assert ((g16.float() - g32).abs() <= ulp).all(), (name, triton, ((g16.float() - g32).abs() / ulp).max())
+    # The padded output layer's logits (vocab_size=K of K + 8 columns): the same loss,
+    # the same gradient on the K columns and 0 on the padding, kernels or not.
+    padded = s._base if s._base is not None else s
+    assert padded.shape[-1] == K + 8
+    for triton in ("1", "0"):
+        os.environ["DUO_TRITON"] = triton
+        leaf = padded.detach().requires_grad_()
+        value = usdm_nelbo_from_logits(leaf, z, x, alpha, dalpha, vocab_size=K)
+        value.backward(weights)
+        ref = s.detach().requires_grad_()
+        ref_value = usdm_nelbo_from_logits(ref, z, x, alpha, dalpha)
+        ref_value.backward(weights)
+        assert torch.equal(value, ref_value), triton
+        assert torch.equal(leaf.grad[..., :K], ref.grad) and (leaf.grad[..., K:] == 0).all(), triton
     # After a failed launch the PyTorch passes take over, on bf16 logits too.
     import warnings
     from duo.kernels import nelbo_triton
@@ -240,6 +270,10 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
     tol = (2.0 ** -7 * ref.grad.abs() + 1e-5 * ref.grad.abs().amax(-1, keepdim=True)
            + 1e-7 * ref.grad.abs().max())
     assert ((leaf.grad.float() - ref.grad).abs() <= tol).all()
+    # ... and on padded logits, whose padding still gets gradient 0
+    leaf = padded.detach().requires_grad_()
+    usdm_nelbo_from_logits(leaf, z, x, alpha, dalpha, vocab_size=K).backward(weights)
+    assert (leaf.grad[..., K:] == 0).all() and ((leaf.grad[..., :K].float() - ref.grad).abs() <= tol).all()
     print("ok")
 """)
 

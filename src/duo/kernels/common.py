@@ -18,7 +18,10 @@ try:  # optional: without Triton the losses use their PyTorch passes
 except Exception:  # ImportError, or a Triton that cannot load here
     triton = None
 
-BLOCK = 2048
+BLOCK = 2048  # row entries per step of a program, under the interpreter
+# On GPUs each row kernel is autotuned per K (and dtype) over these (BLOCK, warps): the
+# first call times each once. The choice changes only the order of float32 sums.
+TUNING = ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16))
 # Triton fixes interpreter mode when the kernels are defined (at import), so read it once.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _broken: str | None = None  # set when a launch failed (e.g. a GPU Triton cannot compile for)
@@ -44,11 +47,23 @@ class KernelFailed(RuntimeError):
     """A Triton launch failed; the kernels are off for the rest of the process."""
 
 
+def row_kernel(fn):
+    """``triton.jit`` a row kernel (one program per row, streamed in ``BLOCK`` entries),
+    autotuned over :data:`TUNING` except under the interpreter."""
+    kernel = triton.jit(fn)
+    if _INTERPRET:
+        return kernel
+    configs = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in TUNING]
+    return triton.autotune(configs, key=["K"])(kernel)
+
+
 def launch(kernel, n: int, device: torch.device, *args, **meta) -> None:
-    """Run ``kernel`` on ``n`` programs on ``device``'s stream. A failure (Triton cannot
-    compile for this GPU, say) turns the kernels off for the process, with a warning,
-    and raises :class:`KernelFailed` for :func:`dispatch` to fall back."""
+    """Run ``kernel`` (a :func:`row_kernel`) on ``n`` programs on ``device``'s stream. A
+    failure (Triton cannot compile for this GPU, say) turns the kernels off for the
+    process, with a warning, and raises :class:`KernelFailed` for :func:`dispatch`."""
     global _broken
+    if _INTERPRET:
+        meta = {"BLOCK": BLOCK, **meta}
     try:
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             kernel[(n,)](*args, **meta)
@@ -102,17 +117,18 @@ if triton is not None:
 
     @triton.jit
     def row_max_mass(row_ptr, K, BLOCK: tl.constexpr):
-        """Largest logit of a row and sum_j exp(s_j - top), in one online pass."""
-        m = tl.full([BLOCK], float("-inf"), tl.float32)
+        """Largest logit of a row and sum_j exp(s_j - top), in one online pass.
+
+        The running max is one number per row, moved block by block, so each logit
+        costs one exponential (a running max per lane would rescale with a second)."""
+        m = tl.max(tl.full([BLOCK], float("-inf"), tl.float32), 0)
         s = tl.zeros([BLOCK], tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, v)
-            empty = m_new == float("-inf")  # no finite logit yet in this lane
-            s = tl.where(empty, 0.0, s * tl.exp(m - m_new) + tl.exp(v - m_new))
+            m_new = tl.maximum(m, tl.max(v, 0))
+            # -inf until the row's first finite logit: then nothing is added yet
+            ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - ref) + tl.exp(v - ref)
             m = m_new
-        top = tl.max(m, 0)
-        mass = tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - top)), 0)
-        return top, mass
-
+        return m, tl.sum(s, 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import BLOCK, available, f32, launch, triton
+from .common import available, f32, launch, row_kernel, triton
 
 __all__ = ["available", "kl_grad", "row_kl"]
 
@@ -23,7 +23,7 @@ if triton is not None:
 
     from .common import row_max_mass
 
-    @triton.jit
+    @row_kernel
     def _forward_kernel(s_ptr, t_ptr, top_ptr, log_mass_ptr, kl_ptr, K, s_stride, t_stride,
                         REVERSE: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
@@ -47,7 +47,7 @@ if triton is not None:
         tl.store(log_mass_ptr + row, log_mass)
         tl.store(kl_ptr + row, tl.sum(acc, 0))
 
-    @triton.jit
+    @row_kernel
     def _backward_kernel(s_ptr, t_ptr, out_ptr, top_ptr, log_mass_ptr, kl_ptr, grad_ptr, K,
                          s_stride, t_stride, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
@@ -87,7 +87,7 @@ def row_kl(s: Tensor, t: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]
     top, log_mass, kl = (torch.empty(n, dtype=torch.float32, device=s.device) for _ in range(3))
     if n:
         launch(_forward_kernel, n, s.device, s, t, top, log_mass, kl, K, s.stride(0), t.stride(0),
-               REVERSE=reverse, BLOCK=BLOCK)
+               REVERSE=reverse)
     return top, log_mass, kl
 
 
@@ -99,5 +99,5 @@ def kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, gra
     out = torch.empty((n, K), dtype=s.dtype, device=s.device)
     if n:
         launch(_backward_kernel, n, s.device, s, t, out, f32(top), f32(log_mass), f32(kl),
-               f32(grad), K, s.stride(0), t.stride(0), REVERSE=reverse, BLOCK=BLOCK)
+               f32(grad), K, s.stride(0), t.stride(0), REVERSE=reverse)
     return out

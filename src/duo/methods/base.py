@@ -44,11 +44,15 @@ def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
 class LossKind:
     """How :func:`token_loss` feeds a loss: ``half_logits`` hands it the output layer's
     logits in their dtype (bf16 under autocast; the fused losses upcast as they read),
-    else float32; ``accelerator_chunk`` is the default logits elements per chunk off CPU."""
+    else float32; ``accelerator_chunk`` is the default logits elements per chunk off CPU;
+    ``padded_logits`` hands it the output layer's padded logits (..., K_pad) with
+    ``vocab_size=K`` (the loss ignores the trailing columns and gives them gradient 0),
+    which spares autograd a copy of the logits' gradient into a zero-padded buffer."""
 
     half_logits: bool
     accelerator_chunk: int
     needs_kernels: bool = False  # the chunk assumes the Triton kernels; else autograd's
+    padded_logits: bool = False
 
 
 # CPU keeps the lowest memory (2^24 logits elements per chunk). On an H100 (small,
@@ -61,7 +65,8 @@ LOSS_CHUNK = {"cpu": 2**24}
 LOSS_KINDS = {
     "autograd": LossKind(half_logits=False, accelerator_chunk=2**27),
     # Without its kernels the fused NELBO upcasts and keeps float32 copies: autograd's chunk.
-    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**31, needs_kernels=True),
+    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**31, needs_kernels=True,
+                            padded_logits=True),
     "fused-kl": LossKind(half_logits=True, accelerator_chunk=2**27),
 }
 
@@ -87,8 +92,8 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     checkpointing: only the final hidden states (B, L, D) are kept for backward, and
     the logits exist for one chunk at a time. ``rows`` are per-token tensors with
     leading dims (B, L). Small inputs take the direct path. ``kind`` (a key of
-    :data:`LOSS_KINDS`) says whether ``fn`` takes half-precision logits and, with
-    ``max_elements=None``, the chunk off CPU (:data:`LOSS_CHUNK` on CPU).
+    :data:`LOSS_KINDS`) says whether ``fn`` takes half-precision or padded logits and,
+    with ``max_elements=None``, the chunk off CPU (:data:`LOSS_CHUNK` on CPU).
     """
     spec = LOSS_KINDS[kind]
     cast = (lambda t: t) if spec.half_logits else (lambda t: t.float())
@@ -98,9 +103,11 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     if max_elements is None:
         max_elements = default_chunk(kind, h)
     K = head.linear.out_features
+    padded = spec.padded_logits
+    extra = {"vocab_size": K} if padded else {}
     per_chunk = max(1, max_elements // K)
     if per_chunk >= B * L:
-        return fn(cast(head(h, c)), *rows)
+        return fn(cast(head(h, c, padded)), *rows, **extra)
     shift, scale = head.modulation(c)
     flat = [h.reshape(B * L, D)]
     if shift is not None:
@@ -110,8 +117,8 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
 
     def chunk_loss(hc: Tensor, *rest: Tensor) -> Tensor:
         mod, args = rest[:n_mod], rest[n_mod:]
-        logits = cast(head.project(hc, *(mod if mod else (None, None))))
-        return fn(logits[None], *(a[None] for a in args))[0]
+        logits = cast(head.project(hc, *(mod if mod else (None, None)), padded))
+        return fn(logits[None], *(a[None] for a in args), **extra)[0]
 
     outs = []
     for start in range(0, B * L, per_chunk):

@@ -152,6 +152,8 @@ class DuoMethod:
 
 
 
-def _nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
+def _nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor,
+                       vocab_size: int | None = None) -> Tensor:
     # The ids come from the method's own noising: no range check (a device sync per chunk).
-    return usdm_nelbo_from_logits(logits, z_t, x, alpha, dalpha, check_ids=False)
+    return usdm_nelbo_from_logits(logits, z_t, x, alpha, dalpha, check_ids=False,
+                                  vocab_size=vocab_size)

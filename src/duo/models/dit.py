@@ -76,10 +76,11 @@ class FinalLayer(nn.Module):
             self.adaLN_modulation = nn.Linear(cond_dim, 2 * dim)
             nn.init.zeros_(self.adaLN_modulation.weight)
             nn.init.zeros_(self.adaLN_modulation.bias)
+        self.align: int | None = None  # pad the output rows to this multiple; None: by device
 
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None, padded: bool = False) -> Tensor:
         shift, scale = self.modulation(c)
-        return self.project(x, shift, scale)
+        return self.project(x, shift, scale, padded)
 
     def modulation(self, c: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         """``(shift, scale)`` of shape (B, 1, D) from the conditioning, or (None, None)."""
@@ -88,15 +89,24 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
         return shift, scale
 
-    def project(self, x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
-        """Logits for hidden states ``x`` (..., D); shift/scale broadcast against x."""
+    def project(self, x: Tensor, shift: Tensor | None, scale: Tensor | None,
+                padded: bool = False) -> Tensor:
+        """Logits (..., K) for hidden states ``x`` (..., D); shift/scale broadcast against x.
+
+        The linear layer's rows are padded to a multiple of ``align`` (default: 64 on CUDA,
+        where aligned GEMMs are faster; none on CPU), and the result is a view of the
+        padded logits. ``padded=True`` returns those (..., K_pad) logits themselves, whose
+        columns from K on are zeros: a loss that skips them (the fused NELBO) then
+        writes its gradient in that layout, with no copy into a zero-padded buffer.
+        This reads linear.weight directly: hooks on output_layer.linear do not run
+        when padding applies.
+        """
         x = self.norm_final(x)
         if shift is not None:
             x = modulate(x, shift, scale)
-        # Logits with a padded row stride (a view), for aligned GEMMs. This reads
-        # linear.weight directly: hooks on output_layer.linear do not run on CUDA.
-        if x.is_cuda:
-            return aligned_linear(x, self.linear.weight, self.linear.bias, VOCAB_ALIGN)
+        align = self.align if self.align is not None else (VOCAB_ALIGN if x.is_cuda else 1)
+        if align > 1:
+            return aligned_linear(x, self.linear.weight, self.linear.bias, align, padded)
         return self.linear(x)
 
 

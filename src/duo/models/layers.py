@@ -19,9 +19,11 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1.0 + scale) + shift
 
 
-def aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, multiple: int) -> Tensor:
+def aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, multiple: int,
+                   padded: bool = False) -> Tensor:
     """``F.linear(x, weight, bias)`` (..., K) computed with the K output rows padded to a
-    multiple of ``multiple``; returns a (..., K) view of the (..., K_pad) result.
+    multiple of ``multiple``; returns a (..., K) view of the (..., K_pad) result, or with
+    ``padded=True`` the (..., K_pad) result itself, whose trailing columns are zeros.
 
     cuBLAS falls back to slow kernels when a matrix's leading dimension is not a multiple
     of 8 (bf16): with K = 50,257 (GPT-2's vocabulary) the output layer's backward took
@@ -32,7 +34,8 @@ def aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, multiple: int
     if pad == 0:
         return F.linear(x, weight, bias)
     bias = None if bias is None else F.pad(bias, (0, pad))
-    return F.linear(x, F.pad(weight, (0, 0, 0, pad)), bias)[..., :k]
+    out = F.linear(x, F.pad(weight, (0, 0, 0, pad)), bias)
+    return out if padded else out[..., :k]
 
 
 class LayerNorm(nn.Module):
