@@ -117,7 +117,7 @@ def test_default_loss_chunk_is_large_only_for_the_fused_nelbo_with_its_kernels(m
     assert base.default_chunk("fused-nelbo", t) == base.default_chunk("autograd", t) == 2**24  # CPU
     monkeypatch.setattr(base, "LOSS_CHUNK", {})  # as on an accelerator
     monkeypatch.setattr(base, "kernels_available", lambda t: True)
-    assert base.default_chunk("fused-nelbo", t) == 2**31
+    assert base.default_chunk("fused-nelbo", t) == 2**32
     assert base.default_chunk("fused-kl", t) == base.default_chunk("autograd", t) == 2**27
     # without the kernels the fused NELBO upcasts and keeps float32 copies
     monkeypatch.setattr(base, "kernels_available", lambda t: False)

@@ -55,17 +55,19 @@ class LossKind:
     padded_logits: bool = False
 
 
-# CPU keeps the lowest memory (2^24 logits elements per chunk). On an H100 (small,
-# B x L = 16 x 1024, K = 50,257, bf16, compiled network) the fused NELBO, which keeps only
-# the bf16 logits for backward, ran 1.6x faster unchunked (2^31) than at 2^27 for 2.4 GiB
-# more (fifth session). Autograd keeps several float32 (tokens, K) tensors: 2^27 (2.2x
-# faster than 2^24, session 2). The fused KL also keeps the teacher's float32 log-probs
-# and a float32 copy of its logits per chunk, so it stays at 2^27 until measured.
+# CPU keeps the lowest memory (2^24 logits elements per chunk). The fused NELBO keeps only
+# the bf16 logits for backward: on an H100 (small, L = 1024, K = 50,257, bf16, compiled
+# network) B = 64 ran 11% faster unchunked (2^32: up to 85k tokens per chunk) than in two
+# chunks (2^31, which recompute the output layer and the loss's forward) for 3.6 GiB
+# more (sixth session), and B = 16 1.6x faster unchunked than at 2^27 (fifth).
+# Autograd keeps several float32 (tokens, K) tensors: 2^27 (2.2x faster than 2^24,
+# session 2). The fused KL also keeps the teacher's float32 log-probs and a float32 copy
+# of its logits per chunk, so it stays at 2^27 until measured.
 LOSS_CHUNK = {"cpu": 2**24}
 LOSS_KINDS = {
     "autograd": LossKind(half_logits=False, accelerator_chunk=2**27),
     # Without its kernels the fused NELBO upcasts and keeps float32 copies: autograd's chunk.
-    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**31, needs_kernels=True,
+    "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**32, needs_kernels=True,
                             padded_logits=True),
     "fused-kl": LossKind(half_logits=True, accelerator_chunk=2**27),
 }
