@@ -35,6 +35,32 @@ def test_value_and_gradient_equal_autograd_through_log_softmax(K, chunk, monkeyp
     assert torch.allclose(g_got, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
 
 
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_padded_logits_give_the_same_loss_and_zero_gradient_on_the_padding(chunk, monkeypatch):
+    """``vocab_size=K`` of W columns (the padded CUDA output layer's logits): the padding
+    is never read (NaN here) and gets gradient exactly 0."""
+    if chunk is not None:
+        monkeypatch.setattr(chunks, "CPU_CHUNK", chunk * 300)
+    logits, z, x, a, da = _inputs(300)
+    padded = torch.cat([logits.detach(), torch.full((3, 6, 20), float("nan"), dtype=torch.float64)], -1)
+    padded.requires_grad_()
+    weights = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = usdm_nelbo_from_logits(logits, z, x, a, da)
+    got = usdm_nelbo_from_logits(padded, z, x, a, da, vocab_size=300)
+    assert torch.equal(got, ref)
+    g_ref, = torch.autograd.grad((ref * weights).sum(), logits)
+    g_got, = torch.autograd.grad((got * weights).sum(), padded)
+    assert torch.equal(g_got[..., :300], g_ref) and torch.equal(g_got[..., 300:], torch.zeros(3, 6, 20, dtype=torch.float64))
+    small = torch.randn(2, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    small[..., 5:] = float("nan")  # 5 vocabulary columns of 8
+    a2 = torch.tensor([[0.3], [0.8]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda t: usdm_nelbo_from_logits(t, z[:2, :3] % 5, x[:2, :3] % 5, a2, da[:2], vocab_size=5),
+        (small.requires_grad_(),))
+    with pytest.raises(ValueError, match="vocab_size=400"):
+        usdm_nelbo_from_logits(padded, z, x, a, da, vocab_size=400)
+
+
 def test_gradcheck():
     logits, z, x, _, da = _inputs(5, B=2, L=3)
     a = torch.tensor([[0.3], [0.8]], dtype=torch.float64)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import nelbo_triton
-from .kernels.common import DTYPES, available, compute_dtype, dispatch, loss_input, upcast as _upcast
+from .kernels.common import DTYPES, compute_dtype, dispatch
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
 
@@ -39,13 +39,14 @@ def _coefficients(K: int, a: Tensor, da: Tensor, r: Tensor, hit: Tensor,
 def _row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per row of ``logits`` (N, K): largest logit, mass sum_j exp(s_j - top),
     ``lam = sum_j log1p(r p_j)`` and ``sum_j w_j`` (``w = r p / (1 + r p)``, which
-    backward needs), each (N,), in cache-sized row chunks."""
+    backward needs), each (N,) in ``r``'s dtype; computed in that dtype over cache-sized
+    row chunks (bf16 logits are upcast a chunk at a time)."""
     n, K = logits.shape
-    top, mass, lam, sum_w = logits.new_empty(4, n)
+    top, mass, lam, sum_w = r.new_empty(4, n)
     parts = row_chunks(n, K, logits.device)
-    bufs = logits.new_empty(2, parts[0].stop * K if parts else 0)  # one chunk's buffers, reused
+    bufs = r.new_empty(2, parts[0].stop * K if parts else 0)  # one chunk's buffers, reused
     for rows in parts:
-        part = logits[rows]
+        part = logits[rows].to(r.dtype)
         t, u = (b[: part.numel()].view(part.shape) for b in bufs)
         top[rows] = part.amax(-1)
         mass[rows] = torch.sub(part, top[rows, None], out=t).exp_().sum(-1)
@@ -59,22 +60,24 @@ def _row_stats(logits: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
 def _lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor,
               coef: Tensor, z: Tensor, x: Tensor, g_z: Tensor, g_x: Tensor,
               width: int) -> Tensor:
-    """(N, width): ``g_lam w - coef e`` with ``e = exp(logits - top)`` and
-    ``w = r p / (1 + r p)``, plus ``g_z`` at column ``z`` and ``g_x`` at ``x`` of each row,
-    in the K columns of ``logits`` (N, K); columns from K to ``width`` are zeros."""
+    """(N, width) in the logits' dtype: ``g_lam w - coef e`` with ``e = exp(logits - top)``
+    and ``w = r p / (1 + r p)``, plus ``g_z`` at column ``z`` and ``g_x`` at ``x`` of each
+    row, in the K columns of ``logits`` (N, K); columns K..width are zeros. Computed in
+    ``r``'s dtype a row chunk at a time and rounded once, after the z / x terms."""
     n, K = logits.shape
-    out = logits.new_zeros(n, width) if width > K else torch.empty_like(logits)
+    out = logits.new_empty(n, width)
+    out[:, K:].zero_()
     parts = row_chunks(n, K, logits.device)
-    bufs = logits.new_empty(3, parts[0].stop * K if parts else 0)  # e, w, 1 + r p of a chunk
+    bufs = r.new_empty(3, parts[0].stop * K if parts else 0)  # e, w, 1 + r p of a chunk
     for rows in parts:
-        shape = logits[rows].shape
-        e, w, den = (b[: shape[0] * K].view(shape) for b in bufs)
-        torch.sub(logits[rows], top[rows, None], out=e).exp_()  # p = e / mass
+        part = logits[rows]
+        e, w, den = (b[: part.numel()].view(part.shape) for b in bufs)
+        torch.sub(part.to(r.dtype), top[rows, None], out=e).exp_()  # p = e / mass
         torch.mul(e, (r[rows] / mass[rows])[:, None], out=w)
         w.div_(torch.add(w, 1.0, out=den))  # r p / (1 + r p), accurate for small r p
-        torch.mul(w, g_lam[rows, None], out=out[rows, :K]).addcmul_(e, -coef[rows, None])
-    out.scatter_add_(1, z[:, None], g_z[:, None])
-    out.scatter_add_(1, x[:, None], g_x[:, None])
+        d = w.mul_(g_lam[rows, None]).addcmul_(e, -coef[rows, None])
+        d.scatter_add_(1, z[rows, None], g_z[rows, None]).scatter_add_(1, x[rows, None], g_x[rows, None])
+        out[rows, :K].copy_(d)
     return out
 
 
@@ -82,9 +85,9 @@ class _NelboFromLogits(torch.autograd.Function):
     """Rows of logits (N, W) with ids ``z``, ``x`` (N,) and ``a``, ``da``, ``r`` (N,) in the
     compute dtype (float32 or float64) -> per-token NELBO (N,). Only the first ``K``
     columns are the vocabulary (W > K: the padded output layer's logits); the rest get
-    gradient 0. The logits are in the compute dtype too, or bf16 / float16 when the
-    Triton kernels read them (no float32 copy): their gradient then comes in that
-    dtype, as autocast's cast would give it."""
+    gradient 0. The logits may be bf16 / float16 (autocast's output layer): they are
+    read as they are (the kernels and the PyTorch passes upcast as they go) and their
+    gradient comes in that dtype, as autocast's cast would give it."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, z: Tensor, x: Tensor, a: Tensor, da: Tensor, r: Tensor,
@@ -93,8 +96,7 @@ class _NelboFromLogits(torch.autograd.Function):
         # Per token: the largest logit and the mass of exp(logits - top). Kept apart (not
         # as one log-sum-exp, whose rounding at large logits would scale every p of the
         # row alike and, amplified by 1/r, spoil the gradient at small alpha).
-        top, mass, lam, sum_w = dispatch(nelbo_triton.row_stats, _upcast(_row_stats, r.dtype),
-                                         valid, valid, r)
+        top, mass, lam, sum_w = dispatch(nelbo_triton.row_stats, _row_stats, valid, valid, r)
         log_mass = mass.log()
         p_z = ((logits.gather(1, z[:, None]).squeeze(1).to(r.dtype) - top) - log_mass).exp()
         p_x = ((logits.gather(1, x[:, None]).squeeze(1).to(r.dtype) - top) - log_mass).exp()
@@ -116,8 +118,8 @@ class _NelboFromLogits(torch.autograd.Function):
         coef = (g_lam * sum_w + g_z + g_x) / mass  # sum_w from forward: one pass fewer here
         # The point terms are added before any rounding to the logits' dtype (see lam_grad).
         valid = logits[:, :K]
-        out = dispatch(nelbo_triton.lam_grad, _upcast(_lam_grad, r.dtype), valid, valid, top,
-                       mass, r, g_lam, coef, z, x, g_z, g_x, logits.shape[1])
+        out = dispatch(nelbo_triton.lam_grad, _lam_grad, valid, valid, top, mass, r, g_lam, coef,
+                       z, x, g_z, g_x, logits.shape[1])
         return out, None, None, None, None, None, None
 
 
@@ -127,7 +129,7 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
     """``usdm_nelbo(log_softmax(logits), z_t, x, alpha_t, dalpha_t)`` per token (B, L),
     keeping only the logits for backward. ``logits`` (B, L, K) are computed on in
     float32 (float64 stays float64), also under autocast; bf16 / float16 logits are
-    read as they are by the Triton kernels, and upcast otherwise. ``vocab_size=K`` takes
+    kept as they are and upcast as they are read. ``vocab_size=K`` takes
     logits (B, L, W) with W >= K whose first K columns are the vocabulary (the padded
     output layer's, see ``FinalLayer.project``); the other columns get gradient 0.
     ``check_ids=False`` skips the range check of the ids (a device sync; skipped under
@@ -143,9 +145,12 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
     if torch.is_grad_enabled() and (a.requires_grad or da.requires_grad):
         raise ValueError("usdm_nelbo_from_logits differentiates only with respect to the logits, but "
                          "alpha_t or dalpha_t requires grad; use duo.losses.usdm_nelbo for that")
-    if W > K and not (logits.dtype in DTYPES and available(logits)):
-        logits = logits[..., :K]  # the kernels read padded rows; an upcast copy need not be
-    logits = loss_input(logits)
+    # The logits go in as they are, whether or not the kernels will run: the PyTorch
+    # passes upcast a row chunk at a time. (What forward saves must not depend on the
+    # kernels: a launch failing mid-step would change it between a checkpointed chunk's
+    # forward and its recomputation.)
+    if logits.dtype not in (*DTYPES, torch.float64):
+        logits = logits.float()
     with torch.autocast(logits.device.type, enabled=False):
         out = _NelboFromLogits.apply(logits.reshape(-1, logits.shape[-1]), z_t.reshape(-1),
                                      x.reshape(-1), a.reshape(-1), da.reshape(-1), r.reshape(-1), K)

@@ -19,8 +19,9 @@ except Exception:  # ImportError, or a Triton that cannot load here
     triton = None
 
 BLOCK = 2048  # row entries per step of a program, under the interpreter
-# On GPUs each row kernel is autotuned per K (and dtype) over these (BLOCK, warps): the
-# first call times each once. The choice changes only the order of float32 sums.
+# On GPUs each row kernel is autotuned per K (and dtype) over these (BLOCK, warps): its
+# first call compiles and times each (about 0.1 s apiece). The choice, which can differ
+# between runs and ranks, changes only the order of float32 sums (rounding, not values).
 TUNING = ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16))
 # Triton fixes interpreter mode when the kernels are defined (at import), so read it once.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

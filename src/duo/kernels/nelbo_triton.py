@@ -61,7 +61,6 @@ if triton is not None:
         coef = tl.load(coef_ptr + row)
         z, x = tl.load(z_ptr + row), tl.load(x_ptr + row)
         g_z, g_x = tl.load(g_z_ptr + row), tl.load(g_x_ptr + row)
-        # Columns K..width (the padded output layer's) get 0: exp(-inf) = 0 and no z / x.
         for start in range(0, width, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             v = tl.load(row_ptr + cols, mask=cols < K, other=float("-inf")).to(tl.float32)
@@ -71,6 +70,7 @@ if triton is not None:
             # The terms at z and x join in float32: at a confident x they cancel most of
             # -coef e, which a bf16 store before the sum would leave as rounding error.
             d += tl.where(cols == z, g_z, 0.0) + tl.where(cols == x, g_x, 0.0)
+            d = tl.where(cols < K, d, 0.0)  # exact zeros in the padding, whatever the row holds
             tl.store(out_ptr + row * width + cols, d.to(out_ptr.dtype.element_ty),
                      mask=cols < width)
 
@@ -94,7 +94,7 @@ def lam_grad(logits: Tensor, top: Tensor, mass: Tensor, r: Tensor, g_lam: Tensor
     """(N, width) gradient ``g_lam w - coef exp(logits - top)`` with ``w = r p / (1 + r p)``
     and ``p = softmax(logits)``, plus ``g_z`` at column ``z`` and ``g_x`` at ``x`` of each
     row (ids (N,)), in the K columns of ``logits`` (N, K); columns K..width are zeros:
-    the NELBO's backward (``coef = (g_lam sum(w) + g_z w_z + g_x w_x) / mass``).
+    the NELBO's backward (``coef = (g_lam sum(w) + g_z + g_x) / mass``).
     Computed in float32, stored in the logits' dtype."""
     n, K = logits.shape
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
