@@ -68,6 +68,9 @@ def test_duo_loss_on_the_padded_output_layer_equals_the_plain_one(chunk, monkeyp
     loss, grads = run(None)
     loss_padded, grads_padded = run(64)
     assert set(widths) == {40, 64}
+    if chunk is not None:  # chunks of ``chunk`` padded logits, each run again in backward
+        assert widths.count(40) == 2 * -(-64 // (chunk // 40))
+        assert widths.count(64) == 2 * -(-64 // (chunk // 64))
     assert torch.allclose(loss, loss_padded, atol=1e-6)
     assert len(grads) == len(grads_padded)
     assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_padded))

@@ -107,7 +107,8 @@ def token_loss(fn, backbone, model_input, sigma: Tensor | None, *rows,
     K = head.linear.out_features
     padded = spec.padded_logits
     extra = {"vocab_size": K} if padded else {}
-    per_chunk = max(1, max_elements // K)
+    width = head.padded_width(h.device)  # the logits a chunk holds (K, or K padded on CUDA)
+    per_chunk = max(1, max_elements // width)
     if per_chunk >= B * L:
         return fn(cast(head(h, c, padded)), *rows, **extra)
     shift, scale = head.modulation(c)

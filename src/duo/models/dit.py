@@ -89,6 +89,17 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
         return shift, scale
 
+    def row_align(self, device: torch.device) -> int:
+        """The multiple the output rows are padded to on ``device`` (1: no padding)."""
+        if self.align is not None:
+            return self.align
+        return VOCAB_ALIGN if device.type == "cuda" else 1
+
+    def padded_width(self, device: torch.device) -> int:
+        """Columns of ``project(..., padded=True)`` on ``device``: K rounded up to the align."""
+        align = self.row_align(device)
+        return -(-self.linear.out_features // align) * align
+
     def project(self, x: Tensor, shift: Tensor | None, scale: Tensor | None,
                 padded: bool = False) -> Tensor:
         """Logits (..., K) for hidden states ``x`` (..., D); shift/scale broadcast against x.
@@ -104,7 +115,7 @@ class FinalLayer(nn.Module):
         x = self.norm_final(x)
         if shift is not None:
             x = modulate(x, shift, scale)
-        align = self.align if self.align is not None else (VOCAB_ALIGN if x.is_cuda else 1)
+        align = self.row_align(x.device)
         if align > 1:
             return aligned_linear(x, self.linear.weight, self.linear.bias, align, padded)
         return self.linear(x)
