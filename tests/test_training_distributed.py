@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,18 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
+
+# Every multi-process job here runs in one pytest-xdist worker (``--dist loadgroup`` in
+# pyproject.toml), one at a time: jobs running side by side on a 2-core machine can
+# interfere (a CI run once failed with a reset gloo connection while, in the other
+# worker, a second 2-process job ran), and the module's fixtures are then built once.
+pytestmark = pytest.mark.xdist_group("distributed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launch(corpus, cache, run_dir: Path, strategy: str, steps: int, *extra: str,
@@ -56,7 +69,8 @@ def run_script(run_dir: Path, name: str, call: str, envs: list[dict] | None = No
              for env in (envs or [{}])]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+        # the first error (often another rank's) and the end
+        assert proc.returncode == 0, err[:2000] + "\n...\n" + err[-3000:]
     return run_dir
 
 
@@ -122,7 +136,8 @@ def test_fsdp_resumes_exactly(fsdp_run, tiny_corpus, duo_cache, tmp_path):
 def test_two_nodes_train_like_one_node_with_two_devices(fsdp_run, tiny_corpus, duo_cache, tmp_path):
     """trainer.num_nodes=2 with one process per node, started by hand with the variables
     a cluster launcher sets, is the same 2-rank job as one node with two devices."""
-    envs = [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29_500 + os.getpid() % 1000),
+    port = free_port()
+    envs = [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
              "WORLD_SIZE": "2", "NODE_RANK": str(node), "LOCAL_RANK": "0"} for node in (0, 1)]
     nodes = launch(tiny_corpus, duo_cache, tmp_path / "nodes", "fsdp", 4, "trainer.devices=1",
                    "trainer.num_nodes=2", "sample.num_samples=2", "sample.steps=4", envs=envs)
