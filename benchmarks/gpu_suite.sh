@@ -15,8 +15,8 @@ python -c "import torch, lightning; print('torch', torch.__version__, 'lightning
 
 # MFU of small at L = 1024: the network compiled as trainer.compile=true does; the Duo
 # loss either the library's fused backward (Triton kernels reading bf16 logits) or
-# autograd fused by torch.compile (session 2's best); loss chunk 2^27 (the GPU default)
-# or none (2^31). One process per batch size, one compile each; the last variant is
+# autograd fused by torch.compile (session 2's best); loss chunk 2^27 or none (2^31).
+# (benchmarks/gpu_mfu.sh is the shorter MFU check, with the B = 64 default.) One process per batch size, one compile each; the last variant is
 # profiled (kernel time by kind) into $OUT/profile_b*.md.
 TT="python benchmarks/train_throughput.py --presets small --seq-len 1024 --steps 8 --warmup 3 --compile"
 section "A: training throughput, small, L=1024"

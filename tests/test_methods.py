@@ -122,6 +122,6 @@ def test_default_loss_chunk_is_large_only_for_the_fused_nelbo_with_its_kernels(m
     monkeypatch.setattr(base, "kernels_available", lambda t: True)
     assert base.default_chunk("fused-nelbo", t) == 2**32
     assert base.default_chunk("fused-kl", t) == base.default_chunk("autograd", t) == 2**27
-    # without the kernels the fused NELBO upcasts and keeps float32 copies
+    # without the kernels the fused NELBO runs its PyTorch passes: autograd's chunk
     monkeypatch.setattr(base, "kernels_available", lambda t: False)
     assert base.default_chunk("fused-nelbo", t) == 2**27

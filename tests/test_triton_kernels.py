@@ -279,8 +279,10 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
         assert torch.equal(value, ref_value), triton
         assert torch.equal(leaf.grad[..., :K], ref.grad) and (leaf.grad[..., K:] == 0).all(), triton
     # After a failed launch the PyTorch passes take over, on bf16 logits too, here in a
-    # checkpointed chunk (as token_loss runs it) whose recomputation in backward is where
-    # the forward kernel fails: what forward saves must not change with the fallback.
+    # checkpointed chunk (as token_loss runs it) whose forward is where the kernel fails:
+    # its recomputation in backward then finds the kernels off, and what forward saves
+    # must not depend on that (a bf16 input kept for the kernels but upcast without them
+    # failed with a CheckpointError).
     import warnings
     from torch.utils.checkpoint import checkpoint
     from duo.kernels import nelbo_triton
@@ -293,12 +295,12 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
     tol = (2.0 ** -7 * ref.grad.abs() + 1e-5 * ref.grad.abs().amax(-1, keepdim=True)
            + 1e-7 * ref.grad.abs().max())
     leaf = padded.detach().requires_grad_()
-    out = checkpoint(lambda t: usdm_nelbo_from_logits(t, z, x, alpha, dalpha, vocab_size=K), leaf,
-                     use_reentrant=False)
     nelbo_triton._forward_kernel = Broken()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out.backward(weights)
+        out = checkpoint(lambda t: usdm_nelbo_from_logits(t, z, x, alpha, dalpha, vocab_size=K),
+                         leaf, use_reentrant=False)
+    out.backward(weights)
     assert any("turned off" in str(w.message) for w in caught)
     assert not nelbo_triton.available(s)
     assert leaf.grad.dtype == torch.bfloat16 and (leaf.grad[..., K:] == 0).all()
@@ -309,6 +311,22 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
     assert (leaf.grad[..., K:] == 0).all() and ((leaf.grad[..., :K].float() - ref.grad).abs() <= tol).all()
     leaf = s.detach().requires_grad_()
     losses["nelbo"](leaf).backward(weights)
+    assert leaf.grad.dtype == torch.bfloat16 and ((leaf.grad.float() - ref.grad).abs() <= tol).all()
+    # The distillation KL likewise: a launch failing in a checkpointed chunk's forward.
+    from duo.kernels import common, kl_triton
+    common._broken = None  # kernels on again
+    os.environ["DUO_TRITON"] = "0"
+    ref = s.float().detach().requires_grad_()
+    losses["reverse"](ref).backward(weights)
+    os.environ["DUO_TRITON"] = "1"
+    leaf = s.detach().requires_grad_()
+    kl_triton._forward_kernel = Broken()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = checkpoint(losses["reverse"], leaf, use_reentrant=False)
+    out.backward(weights)
+    assert any("turned off" in str(w.message) for w in caught)
+    tol = 2.0 ** -7 * ref.grad.abs() + 1e-6 * ref.grad.abs().amax(-1, keepdim=True)
     assert leaf.grad.dtype == torch.bfloat16 and ((leaf.grad.float() - ref.grad).abs() <= tol).all()
     print("ok")
 """)

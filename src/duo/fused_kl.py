@@ -22,29 +22,23 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import kl_triton
-from .kernels.common import compute_dtype, dispatch, loss_input, upcast as _upcast
+from .kernels.common import compute_dtype, dispatch, loss_input
 from .losses import kl_terms
 from .utils.chunks import row_chunks
 
 
-def _student(s: Tensor, top: Tensor, log_mass: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
-    """log p (into ``out``) and p (a new tensor) for a chunk of rows."""
-    log_p = torch.sub(s, top[:, None], out=out).sub_(log_mass[:, None])
-    return log_p, log_p.exp()
-
-
 def _row_kl(s: Tensor, t: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: largest logit, log softmax mass and KL, each (N,), in row chunks."""
+    """Per row: largest logit, log softmax mass and KL, each (N,) in ``t``'s dtype,
+    computed in that dtype in row chunks (bf16 logits are upcast a chunk at a time)."""
     n, K = s.shape
-    top = s.amax(-1)
-    kl = torch.empty(n, dtype=s.dtype, device=s.device)
-    log_mass = torch.empty_like(kl)
+    top = s.amax(-1).to(t.dtype)
+    kl, log_mass = t.new_empty(2, n)
     parts = row_chunks(n, K, s.device)
-    bufs = s.new_empty(2, parts[0].stop * K if parts else 0)  # log p and p of a chunk, reused
+    bufs = t.new_empty(2, parts[0].stop * K if parts else 0)  # log p and p of a chunk, reused
     for rows in parts:
         shape = s[rows].shape
         log_p, p = (b[: shape[0] * K].view(shape) for b in bufs)
-        torch.sub(s[rows], top[rows, None], out=log_p)
+        torch.sub(s[rows].to(t.dtype), top[rows, None], out=log_p)
         mass = torch.exp(log_p, out=p).sum(-1, keepdim=True)  # one exp per entry
         log_mass[rows] = mass.log().squeeze(1)
         log_p.sub_(log_mass[rows, None])
@@ -55,11 +49,13 @@ def _row_kl(s: Tensor, t: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor
 
 def _kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, grad: Tensor,
              reverse: bool) -> Tensor:
-    """(N, K): ``grad`` times dKL/ds per row, in row chunks."""
+    """(N, K) in ``s``'s dtype: ``grad`` times dKL/ds per row, computed in ``t``'s dtype
+    in row chunks."""
     n, K = s.shape
     out = torch.empty_like(s)
     for rows in row_chunks(n, K, s.device):
-        log_p, p = _student(s[rows], top[rows], log_mass[rows], out[rows])
+        log_p = (s[rows].to(t.dtype) - top[rows, None]).sub_(log_mass[rows, None])
+        p = log_p.exp()
         g = grad[rows, None]
         if reverse:
             # p (log p - t - KL); p = 0 (a -inf logit) has no gradient even where t = -inf
@@ -73,7 +69,7 @@ def _kl_grad(s: Tensor, t: Tensor, top: Tensor, log_mass: Tensor, kl: Tensor, gr
 class _KlFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, reverse: bool) -> Tensor:
-        top, log_mass, kl = dispatch(kl_triton.row_kl, _upcast(_row_kl, t.dtype), s, s, t, reverse)
+        top, log_mass, kl = dispatch(kl_triton.row_kl, _row_kl, s, s, t, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(s, t, top, log_mass, kl)
         return kl
@@ -82,8 +78,7 @@ class _KlFromLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         s, t, top, log_mass, kl = ctx.saved_tensors
-        out = dispatch(kl_triton.kl_grad, _upcast(_kl_grad, t.dtype), s, s, t, top, log_mass, kl,
-                       grad, ctx.reverse)
+        out = dispatch(kl_triton.kl_grad, _kl_grad, s, s, t, top, log_mass, kl, grad, ctx.reverse)
         # A token whose KL is infinite (the teacher rules out a token the student allows)
         # has a gradient only if it is used: 0 * inf would otherwise spread NaN.
         # (masked_fill_ rather than a test for any such row: no device sync per chunk)
@@ -99,8 +94,8 @@ def distillation_kl_from_logits(
     """``distillation_kl(log_softmax(student_logits), teacher_log_probs, direction)`` per
     token (B, L), keeping only the logits, the teacher's log-probs and two numbers per
     token for backward. Inputs (B, L, K); computed in float32 (float64 stays float64;
-    bf16 student logits are read as they are by the Triton kernels); the teacher gets no
-    gradient."""
+    bf16 student logits are kept as they are and upcast as they are read); the teacher
+    gets no gradient."""
     if student_logits.shape != teacher_log_probs.shape:
         raise ValueError(
             f"student {tuple(student_logits.shape)} and teacher "

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .kernels import nelbo_triton
-from .kernels.common import DTYPES, compute_dtype, dispatch
+from .kernels.common import compute_dtype, dispatch, loss_input
 from .losses import _check_pair, usdm_from_sums, usdm_rates
 from .utils.chunks import row_chunks
 
@@ -145,12 +145,7 @@ def usdm_nelbo_from_logits(logits: Tensor, z_t: Tensor, x: Tensor, alpha_t: Tens
     if torch.is_grad_enabled() and (a.requires_grad or da.requires_grad):
         raise ValueError("usdm_nelbo_from_logits differentiates only with respect to the logits, but "
                          "alpha_t or dalpha_t requires grad; use duo.losses.usdm_nelbo for that")
-    # The logits go in as they are, whether or not the kernels will run: the PyTorch
-    # passes upcast a row chunk at a time. (What forward saves must not depend on the
-    # kernels: a launch failing mid-step would change it between a checkpointed chunk's
-    # forward and its recomputation.)
-    if logits.dtype not in (*DTYPES, torch.float64):
-        logits = logits.float()
+    logits = loss_input(logits)
     with torch.autocast(logits.device.type, enabled=False):
         out = _NelboFromLogits.apply(logits.reshape(-1, logits.shape[-1]), z_t.reshape(-1),
                                      x.reshape(-1), a.reshape(-1), da.reshape(-1), r.reshape(-1), K)

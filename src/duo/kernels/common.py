@@ -90,22 +90,13 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def loss_input(logits: Tensor) -> Tensor:
-    """``logits`` as the fused losses take them: bf16 / float16 as they are when the
-    kernels will read them (an upcast copy adds no precision, only a (tokens, K) float32
-    write and its reads), else in :func:`compute_dtype`."""
-    if logits.dtype in HALF and available(logits):
-        return logits
-    return logits.to(compute_dtype(logits))
-
-
-def upcast(torch_pass, dtype: torch.dtype):
-    """``torch_pass`` on logits upcast to ``dtype`` (the PyTorch passes compute in the
-    logits' dtype; the kernels upcast bf16 rows as they read them), with a tensor result
-    cast back to the logits' dtype, as the kernel's gradient is."""
-    def run(logits: Tensor, *args):
-        out = torch_pass(logits.to(dtype), *args)
-        return out.to(logits.dtype) if isinstance(out, Tensor) else out
-    return run
+    """``logits`` as the fused losses take them: float32 / float64 and bf16 / float16 as
+    they are, anything else as float32. A half-precision input is upcast as it is read,
+    by the kernels and by the PyTorch passes (a row chunk at a time): an upcast copy
+    would add no precision, only a (tokens, K) float32 write. Deciding this without
+    asking whether the kernels will run keeps what forward saves the same when a
+    launch fails between a checkpointed chunk's forward and its recomputation."""
+    return logits if logits.dtype in (*DTYPES, torch.float64) else logits.float()
 
 
 def f32(t: Tensor) -> Tensor:

@@ -61,12 +61,13 @@ class LossKind:
 # chunks (2^31, which recompute the output layer and the loss's forward) for 3.6 GiB
 # more (sixth session), and B = 16 1.6x faster unchunked than at 2^27 (fifth).
 # Autograd keeps several float32 (tokens, K) tensors: 2^27 (2.2x faster than 2^24,
-# session 2). The fused KL also keeps the teacher's float32 log-probs and a float32 copy
-# of its logits per chunk, so it stays at 2^27 until measured.
+# session 2). The fused KL also keeps the teacher's float32 (tokens, K) log-probs per
+# chunk, so it stays at 2^27 until measured.
 LOSS_CHUNK = {"cpu": 2**24}
 LOSS_KINDS = {
     "autograd": LossKind(half_logits=False, accelerator_chunk=2**27),
-    # Without its kernels the fused NELBO upcasts and keeps float32 copies: autograd's chunk.
+    # Without its kernels the fused NELBO runs its PyTorch passes, whose speed against the
+    # chunk size is unmeasured on GPUs: autograd's chunk.
     "fused-nelbo": LossKind(half_logits=True, accelerator_chunk=2**32, needs_kernels=True,
                             padded_logits=True),
     "fused-kl": LossKind(half_logits=True, accelerator_chunk=2**27),

@@ -70,6 +70,8 @@ def copy_gathered(dst: nn.Module, src: nn.Module) -> None:
     target = dst.state_dict()
     source = src.state_dict()
     if source.keys() != target.keys():
-        raise ValueError("copy_gathered: the two models have different parameters")
+        key = sorted(source.keys() ^ target.keys())[0]
+        raise ValueError(f"copy_gathered: {key!r} is in only one of the two models; "
+                         "copy between models built from the same config")
     for key, value in source.items():
         target[key].copy_(value.full_tensor() if isinstance(value, DTensor) else value)
