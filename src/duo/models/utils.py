@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from duo.models.config import ModelConfig
-from duo.models.dit import DiT
+from duo.models.flops import flop_count
 
 EMBEDDING_KEYS = ("vocab_embed.embedding",)
 
@@ -26,19 +25,16 @@ def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward), for MFU reporting.
+    """Training FLOPs per token (forward + backward), for MFU reporting: the strict count
+    of :mod:`duo.models.flops`.
 
-    ``6 N + 12 n_blocks L D`` (Kaplan et al. 2020; PaLM appendix B): each
-    non-embedding parameter costs 2 FLOPs forward and 4 backward per token; attention
-    scores QK^T and the value mix cost 2 * 2 L D forward per block and token, times 3
-    with backward. The causal variant is counted the same way (no halving), as PaLM does.
+    6 x the per-token parameters (the input embedding, a lookup, not counted; the output
+    projection counted) + ``12 n_blocks L D`` for attention, + 6 x the per-sequence
+    parameters (``sigma_map``, the ``adaLN_modulation`` layers) once per sequence, i.e.
+    divided by ``seq_len``. A step over B sequences costs ``B * seq_len`` times this
+    (:func:`duo.models.flops.training_flops`).
     """
-    if seq_len < 1:
-        raise ValueError(f"seq_len={seq_len} must be >= 1")
-    # The meta device gives the exact count for any config without allocating weights.
-    with torch.device("meta"):
-        n_params = count_parameters(DiT(config), exclude_embeddings=True)
-    return 6.0 * n_params + 12.0 * config.n_blocks * seq_len * config.hidden_size
+    return flop_count(config, seq_len).per_token
 
 
 def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "backbone.") -> dict[str, Tensor]:
