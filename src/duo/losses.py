@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .processes._checks import as_alpha, check_ids
+from .utils.checks import as_alpha, check_ids
 
 
 def _check_pair(log_x_theta: Tensor, z_t: Tensor, x: Tensor) -> int:

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..utils.seeding import generator
+
 __all__ = ["ResumableDataLoader", "ResumableSampler", "build_dataloader"]
 
 
@@ -62,9 +64,7 @@ class ResumableSampler(Sampler[int]):
         if not self.shuffle:
             order = torch.arange(self.num_samples)
         else:
-            g = torch.Generator()
-            # Mix seed and epoch so that (seed, epoch + 1) never equals (seed + 1, epoch).
-            g.manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
+            g = generator(self.seed, epoch)
             order = torch.randperm(self.num_samples, generator=g)
         size = self.epoch_size
         if size > len(order):  # pad by cycling: fewer rows than ranks needs several copies

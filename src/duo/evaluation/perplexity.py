@@ -32,6 +32,7 @@ from torch import Tensor
 from ..losses import reconstruction_nll
 from ..processes import absorbing, uniform
 from ..schedules import antithetic_times
+from ..utils.seeding import derive_seed
 
 _MAX_ELEMENTS = 2**25  # log-prob elements per reconstruction chunk
 
@@ -119,7 +120,7 @@ def _reconstruction(method, batch: dict[str, Tensor], gen: torch.Generator) -> t
 
 def batch_seed(seed: int, index: int) -> int:
     # A fixed function of (seed, batch): results do not depend on what ran before.
-    return (seed * 1_000_003 + index) % (2**63 - 1)
+    return derive_seed(seed, index)
 
 
 @torch.no_grad()

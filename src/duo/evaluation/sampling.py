@@ -9,6 +9,7 @@ import torch
 
 from ..generation import Generation, generate_text, resolve_sampler
 from .genppl import GenPPLResult, generative_perplexity, unigram_entropy
+from ..utils.seeding import derive_seed
 from .judges import EvalLM
 
 
@@ -31,7 +32,7 @@ class SamplingStats:
 def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None, seed: int = 0,
                      **kwargs) -> Generation:
     """:func:`duo.generation.generate_text` in batches of ``batch_size``; batch ``i`` uses
-    seed ``seed + 1_000_003 i`` (batch 0 matches an unbatched call with ``seed``)."""
+    seed ``derive_seed(seed, i)`` for ``i >= 1`` (batch 0 matches an unbatched call with ``seed``)."""
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     batch_size = batch_size or num_samples
@@ -41,7 +42,7 @@ def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None,
     parts: list[Generation] = []
     for i, start in enumerate(range(0, num_samples, batch_size)):
         n = min(batch_size, num_samples - start)
-        parts.append(generate_text(method, tok, num_samples=n, seed=seed + 1_000_003 * i, **kwargs))
+        parts.append(generate_text(method, tok, num_samples=n, seed=seed if i == 0 else derive_seed(seed, i), **kwargs))
     inter = None
     if all(p.intermediates is not None for p in parts):
         inter = [torch.cat(states) for states in zip(*(p.intermediates for p in parts))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import as_alpha, check_ids, check_probs
+from ..utils.checks import as_alpha, check_ids, check_probs
 
 
 def _check_mask(mask_id: int, vocab_size: int) -> None:

@@ -28,57 +28,6 @@ class Relaxed(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Validation (one-line errors naming the value and the fix)
-
-
-def check_vocab(vocab_size: int) -> int:
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-        raise ValueError(f"vocab_size={vocab_size!r} must be an integer >= 2")
-    return vocab_size
-
-
-def check_ids(x: Tensor, vocab_size: int) -> None:
-    if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32) or x.dim() != 2:
-        desc = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x is {desc}; pass integer token ids of shape (B, L)")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab_size):
-        raise ValueError(
-            f"x holds ids in [{int(x.min())}, {int(x.max())}], outside [0, {vocab_size}); "
-            "check vocab_size"
-        )
-
-
-def check_tau(tau: float | Tensor) -> float:
-    value = float(tau)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"tau={value} must be a finite temperature >= 0 (0 means exact one-hot)")
-    return value
-
-
-def check_gamma(gamma: Tensor | float, x: Tensor, name: str = "gamma") -> Tensor:
-    """gamma as float64 (B, L) (a broadcast view) on x's device."""
-    g = torch.as_tensor(gamma).detach()
-    if not g.is_floating_point():
-        g = g.double()
-    if g.dim() == 1 and g.numel() > 1:
-        # A (B,) vector would silently broadcast along L when B == L.
-        raise ValueError(f"{name} has shape {tuple(g.shape)}; pass {name}[:, None] of shape (B, 1)")
-    try:
-        fits = g.dim() <= 2 and torch.broadcast_shapes(g.shape, x.shape) == x.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"{name} of shape {tuple(g.shape)} does not broadcast to x's shape "
-            f"{tuple(x.shape)}; pass a scalar, (B, 1) or (B, L)"
-        )
-    g = g.to(device=x.device, dtype=torch.float64)
-    if not bool(torch.isfinite(g).all()):
-        raise ValueError(f"{name} contains non-finite values; pass finite log-SNR values")
-    return g.expand(x.shape)
-
-
-# ----------------------------------------------------------------------------
 # Sampling helpers
 
 

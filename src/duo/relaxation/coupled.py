@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from ..duality import snr_mu
-from ._common import check_gamma, check_ids, check_vocab, max_wrong, noise_to_latents
+from ..utils.checks import check_gamma, check_ids, check_vocab
+from ._common import max_wrong, noise_to_latents
 
 
 class CoupledPair(NamedTuple):

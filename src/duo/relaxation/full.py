@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import Relaxed, check_gamma, check_ids, check_tau, check_vocab, noise_to_latents
+from ..utils.checks import check_gamma, check_ids, check_tau, check_vocab
+from ._common import Relaxed, noise_to_latents
 
 # Logit gap that makes softmax an exact one-hot (exp(-1e4) == 0 in fp16/bf16/fp32/fp64)
 # while staying finite: -inf would turn ``x - max`` into NaN if a row were all -inf, and

@@ -9,15 +9,8 @@ import torch
 from torch import Tensor
 
 from ..duality import alpha_tilde, sigma_tilde
-from ._common import (
-    Relaxed,
-    check_gamma,
-    check_ids,
-    check_tau,
-    check_vocab,
-    random_wrong_tokens,
-    top_normal_order_statistics,
-)
+from ..utils.checks import check_gamma, check_ids, check_tau, check_vocab
+from ._common import Relaxed, random_wrong_tokens, top_normal_order_statistics
 
 
 class TopkLatents(NamedTuple):

@@ -19,6 +19,7 @@ from ..experiment import TrainConfig
 from ..methods import get_method_spec, model_overrides
 from ..models import build_model, compile_backbone
 from ..schedules import antithetic_times
+from ..utils.seeding import derive_seed
 from .ema import EMA
 from .sharding import FSDPStrategy, shard_backbone
 
@@ -26,10 +27,8 @@ CHECKPOINT_FORMAT = 1
 
 
 def step_seed(seed: int, step: int, rank: int, micro: int, stream: int = 0) -> int:
-    """A 63-bit seed that depends only on its arguments (not on Python's hash seed)."""
-    x = (seed * 1_000_003 + step) * 1_000_033 + rank
-    x = (x * 1_000_037 + micro) * 1_000_039 + stream
-    return (x * 0x9E3779B97F4A7C15) % (2**63 - 1)
+    """The seed of one (step, rank, micro-batch, stream) of a run."""
+    return derive_seed(seed, step, rank, micro, stream)
 
 
 def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | None = None,
