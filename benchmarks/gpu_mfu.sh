@@ -19,7 +19,7 @@ date +%T
 timeout 90 python - <<'PY' 2>&1 | tee -a "$OUT/mfu.md" || exit 1
 import sys, warnings, torch
 warnings.filterwarnings("error", message="duo: Triton kernels turned off")
-from duo.fused_nelbo import usdm_nelbo_from_logits
+from duo.losses.fused_nelbo import usdm_nelbo_from_logits
 from duo.losses import usdm_nelbo
 g = torch.Generator("cuda").manual_seed(0)
 N, K, W = 2048, 50257, 50304

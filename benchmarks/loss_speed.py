@@ -1,6 +1,6 @@
 """Losses at a GPT-2 vocabulary: autograd through log-softmax versus the losses from
-logits with hand-written backward passes (Duo's NELBO, `duo.fused_nelbo`; the
-distillation KL, `duo.fused_kl`).
+logits with hand-written backward passes (Duo's NELBO, `duo.losses.fused_nelbo`; the
+distillation KL, `duo.losses.fused_kl`).
 
     python benchmarks/loss_speed.py                      # CPU: 1,024 tokens, K = 50,257
     python benchmarks/loss_speed.py --loss kl            # the reverse distillation KL
@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from duo.fused_kl import distillation_kl_from_logits
-from duo.fused_nelbo import usdm_nelbo_from_logits
+from duo.losses.fused_kl import distillation_kl_from_logits
+from duo.losses.fused_nelbo import usdm_nelbo_from_logits
 from duo.losses import distillation_kl, usdm_nelbo
 from duo.utils.memory import saved_tensor_bytes
 

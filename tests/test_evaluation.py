@@ -213,7 +213,7 @@ def test_duo_bound_terms_with_uniform_denoiser(loaded_runs):
 
 
 def test_decoder_is_the_last_reverse_step():
-    from duo.evaluation.perplexity import uniform_decoder_nll
+    from duo.losses import uniform_decoder_nll
 
     torch.manual_seed(0)
     B, L, K = 2, 5, 7

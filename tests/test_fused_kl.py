@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import duo.utils.chunks as chunks
-from duo.fused_kl import distillation_kl_from_logits
+from duo.losses.fused_kl import distillation_kl_from_logits
 from duo.losses import distillation_kl
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import duo.utils.chunks as chunks
-from duo.fused_nelbo import usdm_nelbo_from_logits
+from duo.losses.fused_nelbo import usdm_nelbo_from_logits
 from duo.losses import usdm_nelbo
 from duo.utils.memory import saved_tensor_bytes
 

@@ -92,7 +92,7 @@ def test_hidden_then_head_equals_forward():
 def test_token_loss_hands_fused_losses_the_bf16_logits(kind, dtype, chunked):
     # Under bf16 autocast the output layer gives bf16 logits: the fused losses read them
     # as they are (an upcast copy adds no precision), the others get float32.
-    from duo.methods.base import token_loss
+    from duo.losses import token_loss
 
     cfg = build_config(["algo=duo", *TINY])
     backbone, _ = build_method(cfg, 40)
@@ -114,7 +114,7 @@ def test_token_loss_hands_fused_losses_the_bf16_logits(kind, dtype, chunked):
 
 
 def test_default_loss_chunk_is_large_only_for_the_fused_nelbo_with_its_kernels(monkeypatch):
-    import duo.methods.base as base
+    import duo.losses.chunked as base
 
     t = torch.zeros(1)
     assert base.default_chunk("fused-nelbo", t) == base.default_chunk("autograd", t) == 2**24  # CPU

@@ -25,8 +25,8 @@ BROKEN = textwrap.dedent("""
 
 CHECK = BROKEN + textwrap.dedent("""
     import os, torch
-    from duo.fused_nelbo import usdm_nelbo_from_logits
-    from duo.kernels import nelbo_triton
+    from duo.losses.fused_nelbo import usdm_nelbo_from_logits
+    from duo.losses.kernels import nelbo_triton
     from duo.losses import usdm_nelbo
 
     def run(logits, z, x, alpha, dalpha, triton):
@@ -71,9 +71,9 @@ CHECK = BROKEN + textwrap.dedent("""
         worst = max(worst, e_val, e_grad)
     # The row kernels alone, against float64, over rates r from tiny (where log(1 + y)
     # in float32 would round every term to 0) to large.
-    from duo.fused_nelbo import _lam_grad
+    from duo.losses.fused_nelbo import _lam_grad
     # at every block size the GPU autotuning may pick
-    from duo.kernels import common
+    from duo.losses.kernels import common
     for block in sorted({b for b, _ in common.TUNING}):
         common.BLOCK = block
         logits = torch.randn(6, 3000, generator=g) * 4
@@ -147,7 +147,7 @@ def test_row_kernels_are_autotuned_per_vocabulary_size_on_gpus(monkeypatch):
     # must set only BLOCK (launch passes the other meta-parameters, e.g. REVERSE).
     import triton
 
-    from duo.kernels import common
+    from duo.losses.kernels import common
 
     monkeypatch.setattr(common, "_INTERPRET", False)
 
@@ -164,8 +164,8 @@ def test_row_kernels_are_autotuned_per_vocabulary_size_on_gpus(monkeypatch):
 
 KL_CHECK = textwrap.dedent("""
     import os, torch
-    from duo.fused_kl import distillation_kl_from_logits
-    from duo.kernels import kl_triton
+    from duo.losses.fused_kl import distillation_kl_from_logits
+    from duo.losses.kernels import kl_triton
     from duo.losses import distillation_kl
 
     def run(s, t, direction, weights, triton):
@@ -220,8 +220,8 @@ def test_triton_kl_kernels_match_the_pytorch_passes_and_float64():
 
 HALF_CHECK = BROKEN + textwrap.dedent("""
     import os, torch
-    from duo.fused_kl import distillation_kl_from_logits
-    from duo.fused_nelbo import usdm_nelbo_from_logits
+    from duo.losses.fused_kl import distillation_kl_from_logits
+    from duo.losses.fused_nelbo import usdm_nelbo_from_logits
 
     # bf16 logits (autocast's output layer) go to the kernels as they are: the loss must
     # equal the float32 loss of the same values, and the gradient (stored in bf16) that
@@ -285,7 +285,7 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
     # failed with a CheckpointError).
     import warnings
     from torch.utils.checkpoint import checkpoint
-    from duo.kernels import nelbo_triton
+    from duo.losses.kernels import nelbo_triton
     os.environ["DUO_TRITON"] = "1"
     ref = s.float().detach().requires_grad_()
     losses["nelbo"](ref).backward(weights)
@@ -313,7 +313,7 @@ HALF_CHECK = BROKEN + textwrap.dedent("""
     losses["nelbo"](leaf).backward(weights)
     assert leaf.grad.dtype == torch.bfloat16 and ((leaf.grad.float() - ref.grad).abs() <= tol).all()
     # The distillation KL likewise: a launch failing in a checkpointed chunk's forward.
-    from duo.kernels import common, kl_triton
+    from duo.losses.kernels import common, kl_triton
     common._broken = None  # kernels on again
     os.environ["DUO_TRITON"] = "0"
     ref = s.float().detach().requires_grad_()

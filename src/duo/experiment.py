@@ -53,7 +53,7 @@ class TrainerConfig:
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     compile: bool = False
     # Logits elements per chunk of the output layer + loss (memory vs speed); None = 2^24
-    # on CPU; on accelerators 2^32 for Duo's fused NELBO, else 2^27 (methods.base.LOSS_KINDS).
+    # on CPU; on accelerators 2^32 for Duo's fused NELBO, else 2^27 (duo.losses.LOSS_KINDS).
     loss_chunk_elements: int | None = None
     resume: bool = True  # continue from run_dir/checkpoints/last.ckpt when present
     progress_bar: bool = True

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from ..losses import reconstruction_nll
+from ..losses import reconstruction_nll, uniform_decoder_nll
 from ..processes import absorbing, uniform
 from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed
@@ -80,20 +80,6 @@ def _noised(method, x: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
     if method.process == "absorbing":
         return absorbing.sample_zt(x, alpha, method.mask_id, generator=gen)
     return uniform.sample_zt(x, alpha, method.vocab_size, generator=gen)
-
-
-def uniform_decoder_nll(log_x_theta: Tensor, z: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
-    """``-log q(z_0 = x | z_t = z, x_theta)`` for the uniform process: the last reverse step.
-
-    log_x_theta (B, L, K), z and x (B, L) ids, alpha (B,) -> (B, L) in float64 (alpha is
-    within 1e-3 of one, where float32 cannot resolve ``1 - alpha``).
-    """
-    K = log_x_theta.shape[-1]
-    a = alpha.double()[:, None]
-    log_at_x = log_x_theta.gather(-1, x[..., None]).squeeze(-1).double()
-    log_at_z = log_x_theta.gather(-1, z[..., None]).squeeze(-1).double()
-    weight = torch.where(x == z, K * a + 1 - a, 1 - a)
-    return -(log_at_x + torch.log(weight) - torch.log(K * a * log_at_z.exp() + 1 - a))
 
 
 def _decoder_nll(method, z0: Tensor, x: Tensor, alpha: Tensor) -> Tensor:

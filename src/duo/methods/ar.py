@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..losses import ar_nll
-from .base import LossOutput, reduce_tokens, token_loss
+from ..losses import ar_nll, token_loss
+from .base import LossOutput, reduce_tokens
 from .configs import ArConfig
 
 

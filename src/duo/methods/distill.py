@@ -7,10 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from ..duality import DualitySchedule, diffusion_transform
-from ..fused_kl import distillation_kl_from_logits
+from ..losses import distillation_kl_from_logits, token_loss
 from ..relaxation import coupled_pair
 from ..schedules import sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens, token_loss
+from .base import LossOutput, attention_mask, reduce_tokens
 from .configs import DistillConfig, DuoConfig
 from .duo import DuoMethod
 

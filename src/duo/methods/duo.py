@@ -9,10 +9,10 @@ from torch import Tensor, nn
 
 from .. import relaxation
 from ..duality import DualitySchedule, PolynomialSchedule, diffusion_transform
-from ..fused_nelbo import usdm_nelbo_from_logits
+from ..losses import token_loss, usdm_nelbo_from_logits
 from ..processes import uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens, token_loss
+from .base import LossOutput, attention_mask, reduce_tokens
 from .configs import DuoConfig
 
 

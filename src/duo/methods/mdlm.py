@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..losses import mdlm_nelbo
+from ..losses import mdlm_nelbo, token_loss
 from ..processes import absorbing
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens, token_loss
+from .base import LossOutput, attention_mask, reduce_tokens
 from .configs import MdlmConfig
 
 

@@ -10,7 +10,7 @@ With ``p = softmax(s)`` the student's prediction and ``t`` the teacher's log-pro
 So backward needs only the student logits, the teacher log-probs (kept by either way
 of computing the loss) and two numbers per token, instead of the log-softmax,
 exponential and difference tensors autograd would keep. On CUDA with Triton, the row
-passes run as kernels (:mod:`duo.kernels.kl_triton`).
+passes run as kernels (:mod:`duo.losses.kernels.kl_triton`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch.autograd.function import once_differentiable
 
 from .kernels import kl_triton
 from .kernels.common import compute_dtype, dispatch, loss_input
-from .losses import kl_terms
-from .utils.chunks import row_chunks
+from .reference import kl_terms
+from ..utils.chunks import row_chunks
 
 
 def _row_kl(s: Tensor, t: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""Triton kernels for :mod:`duo.fused_kl`: the distillation KL's row passes over the
+"""Triton kernels for :mod:`duo.losses.fused_kl`: the distillation KL's row passes over the
 student's logits ``s`` and the teacher's log-probs ``t`` (N, K).
 
 Forward reads ``s`` twice (online max and mass, then the KL sum with ``t``); backward
@@ -6,7 +6,7 @@ reads both once (reverse KL) or twice (forward KL, which needs ``sum_k q_k``) an
 writes the gradient once. ``s`` may be bf16 / float16 (read as is, computed on in
 float32; the gradient is stored in its dtype). Conventions as :func:`duo.losses.kl_terms`: an entry without
 mass (p = 0, resp. q = 0) contributes nothing. Gated and launched as the NELBO kernels
-(:mod:`duo.kernels.common`).
+(:mod:`duo.losses.kernels.common`).
 """
 
 from __future__ import annotations

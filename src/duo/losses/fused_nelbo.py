@@ -12,7 +12,7 @@ so this function keeps only the logits and three numbers per token (forward also
 sums ``w``), and backward rebuilds ``p`` and ``w`` in one pass over cache-sized row
 chunks. The two gathered terms (at ``z_t`` and ``x``) and the per-token closed form
 are small. On CUDA with Triton, the row passes run as kernels
-(:mod:`duo.kernels.nelbo_triton`).
+(:mod:`duo.losses.kernels.nelbo_triton`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch.autograd.function import once_differentiable
 
 from .kernels import nelbo_triton
 from .kernels.common import compute_dtype, dispatch, loss_input
-from .losses import _check_pair, usdm_from_sums, usdm_rates
-from .utils.chunks import row_chunks
+from .reference import _check_pair, usdm_from_sums, usdm_rates
+from ..utils.chunks import row_chunks
 
 
 def _coefficients(K: int, a: Tensor, da: Tensor, r: Tensor, hit: Tensor,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils.checks import as_alpha, check_ids
+from ..utils.checks import as_alpha, check_ids
 
 
 def _check_pair(log_x_theta: Tensor, z_t: Tensor, x: Tensor) -> int:
@@ -120,6 +120,20 @@ def reconstruction_nll(log_x_theta: Tensor, x: Tensor) -> Tensor:
     """``-log x_theta(z_0, t_0)[x]``: the reconstruction term at t ~ 0. Returns (B, L)."""
     check_ids(x, log_x_theta.shape[-1], "x")
     return -log_x_theta.gather(-1, x[..., None]).squeeze(-1)
+
+
+def uniform_decoder_nll(log_x_theta: Tensor, z: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
+    """``-log q(z_0 = x | z_t = z, x_theta)`` for the uniform process: the last reverse step.
+
+    log_x_theta (B, L, K), z and x (B, L) ids, alpha (B,) -> (B, L) in float64 (alpha is
+    within 1e-3 of one, where float32 cannot resolve ``1 - alpha``).
+    """
+    K = log_x_theta.shape[-1]
+    a = alpha.double()[:, None]
+    log_at_x = log_x_theta.gather(-1, x[..., None]).squeeze(-1).double()
+    log_at_z = log_x_theta.gather(-1, z[..., None]).squeeze(-1).double()
+    weight = torch.where(x == z, K * a + 1 - a, 1 - a)
+    return -(log_at_x + torch.log(weight) - torch.log(K * a * log_at_z.exp() + 1 - a))
 
 
 def mdlm_nelbo(

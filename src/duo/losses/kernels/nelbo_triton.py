@@ -1,4 +1,4 @@
-"""Triton kernels for :mod:`duo.fused_nelbo`: the per-row passes over (N, K) logits.
+"""Triton kernels for :mod:`duo.losses.fused_nelbo`: the per-row passes over (N, K) logits.
 
 One program per row streams the row in blocks of ``BLOCK`` entries, so the logits are
 read twice in forward (max and softmax mass in one online pass, then
