@@ -26,7 +26,7 @@ from duo.checkpoints import load_checkpoint
 from duo.experiment import build_config
 from duo.training import train
 from duo.training.callbacks import read_history
-from duo.training.module import build_method
+from duo.methods import build_method
 
 VARIANTS = {
     "discrete": ["algo.curriculum=none"],

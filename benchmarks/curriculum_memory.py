@@ -110,7 +110,7 @@ def steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[
 def training_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], object]]:
     """A whole training step (loss forward + backward) of the ``--model`` preset per variant."""
     from duo.experiment import build_config
-    from duo.training.module import build_method
+    from duo.methods import build_method
 
     K = args.vocab_size
     gen = torch.Generator(device=device).manual_seed(args.seed)

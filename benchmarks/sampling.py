@@ -78,7 +78,7 @@ def _sync(device: torch.device) -> None:
 
 def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torch.device) -> list[dict]:
     """Time the network against the whole sampling loop for each sampler."""
-    from duo.training.module import build_method
+    from duo.methods import build_method
 
     cfg = build_config(["algo=duo", "model=tiny", f"model.max_seq_len={seq_len}"])
     backbone, method = build_method(cfg, vocab)

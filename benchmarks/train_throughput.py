@@ -27,7 +27,7 @@ from duo.losses import usdm_nelbo
 from duo.methods.duo import _nelbo_from_logits as duo_nelbo_from_logits
 from duo.models import compile_backbone, count_parameters
 from duo.models.flops import training_flops
-from duo.training.module import build_method
+from duo.methods import build_method
 
 
 def _autograd_nelbo(s, z, x, a, da, vocab_size=None):

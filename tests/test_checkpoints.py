@@ -4,7 +4,7 @@ import torch
 from duo.checkpoints import export_pretrained, load_checkpoint, load_pretrained, load_published
 from duo.experiment import build_config
 from duo.training import train
-from duo.training.module import build_method
+from duo.methods import build_method
 
 from conftest import tiny_overrides
 

@@ -6,7 +6,7 @@ import torch
 from duo.experiment import build_config
 from duo.methods import DuoConfig, curriculum_length, tau_at
 from duo.training import train
-from duo.training.module import build_method
+from duo.methods import build_method
 
 from conftest import randomise_zero_layers, tiny_overrides
 from test_training import losses

@@ -11,7 +11,7 @@ from duo.experiment import build_config
 from duo.methods import DistillConfig, round_and_delta
 from duo.training import train
 from duo.training.distill import distill
-from duo.training.module import build_method
+from duo.methods import build_method
 
 from conftest import TINY_DISTILL, randomise_zero_layers, tiny_overrides
 from test_training import losses

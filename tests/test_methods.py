@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from duo.experiment import build_config
-from duo.training.module import build_method
+from duo.methods import build_method
 
 from conftest import randomise_zero_layers as _randomise
 

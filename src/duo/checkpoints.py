@@ -22,6 +22,7 @@ from torch import nn
 from .config import save_yaml, load_yaml
 from .data import load_tokenizer
 from .experiment import TrainConfig, build_config
+from .methods import build_method
 from .models import strip_prefix
 from .utils.io import atomic_path
 
@@ -83,8 +84,6 @@ def _check_vocab(tokenizer, expected: int, where: str) -> None:
 def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None, path: Path,
                  metadata: dict | None = None, use_ema: bool = True,
                  model_vocab_size: int | None = None) -> LoadedModel:
-    from .training.module import build_method
-
     backbone, method = build_method(cfg, tokenizer.vocab_size, model_vocab_size=model_vocab_size)
     weights = strip_prefix(state_dict, "backbone.")
     missing, unexpected = backbone.load_state_dict(weights, strict=False)

@@ -1,55 +1,23 @@
 """Methods compose a process, a schedule, a loss and a backbone.
 
-``METHODS`` maps an ``algo`` name to its config class and method class; the model
-variant each needs (causal, time conditioning, vocabulary) is derived here, once.
+``registry.METHODS`` maps an ``algo`` name to its config and method classes;
+``build.build_method`` makes the backbone and method a run configuration describes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from .ar import ArMethod
 from .base import LossOutput, reduce_tokens
-from .configs import ArConfig, DistillConfig, DuoConfig, MdlmConfig
+from .config import ArConfig, DistillConfig, DuoConfig, MdlmConfig
 from .distill import DistillMethod, round_and_delta
 from .duo import DuoMethod, curriculum_length, tau_at
 from .mdlm import MdlmMethod
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    config_cls: type
-    method_cls: type
-    causal: bool
-    time_conditioning_field: str | None  # algo field deciding time conditioning, or None = always
-
-
-METHODS: dict[str, MethodSpec] = {
-    "duo": MethodSpec(DuoConfig, DuoMethod, causal=False, time_conditioning_field=None),
-    "mdlm": MethodSpec(MdlmConfig, MdlmMethod, causal=False, time_conditioning_field="time_conditioning"),
-    "ar": MethodSpec(ArConfig, ArMethod, causal=True, time_conditioning_field=None),
-    "distill": MethodSpec(DistillConfig, DistillMethod, causal=False, time_conditioning_field=None),
-}
-
-
-def get_method_spec(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise ValueError(f"unknown algo {name!r}; valid algos: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def model_overrides(name: str, algo_cfg: Any) -> dict[str, Any]:
-    """Model-config fields a method dictates (causal attention, time conditioning)."""
-    spec = get_method_spec(name)
-    if spec.causal:
-        return {"causal": True, "time_conditioning": False}
-    field = spec.time_conditioning_field
-    return {"causal": False, "time_conditioning": True if field is None else getattr(algo_cfg, field)}
-
+from .registry import METHODS, MethodSpec, get_method_spec, model_overrides
+from .build import BuiltMethod, build_method  # noqa: E402 - after the registry it uses
 
 __all__ = [
-    "METHODS", "MethodSpec", "get_method_spec", "model_overrides", "LossOutput", "reduce_tokens",
+    "METHODS", "MethodSpec", "BuiltMethod", "build_method", "get_method_spec", "model_overrides",
+    "LossOutput", "reduce_tokens",
     "DuoMethod", "MdlmMethod", "ArMethod", "DuoConfig", "MdlmConfig", "ArConfig",
     "curriculum_length", "tau_at", "DistillConfig", "DistillMethod", "round_and_delta",
 ]

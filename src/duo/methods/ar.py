@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..losses import ar_nll, token_loss
 from .base import LossOutput, reduce_tokens
-from .configs import ArConfig
+from .config import ArConfig
 
 
 class ArMethod:
@@ -14,9 +15,14 @@ class ArMethod:
 
     name = "ar"
     process = "causal"
-    loss_chunk_elements: int | None = None  # logits elements per loss chunk (None: by device, see token_loss)
+    # Ids whose logit is set to -1e6: published AR weights never predict the [PAD] id the
+    # official code appended to GPT-2's vocabulary (MATH.md section 11).
+    masked_logit_ids: tuple[int, ...] = ()
 
-    def __init__(self, cfg: ArConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+    def __init__(self, cfg: ArConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
+                 loss_chunk_elements: int | None = None):
+        # logits elements per loss chunk (None: chosen by device, see duo.losses.token_loss)
+        self.loss_chunk_elements = loss_chunk_elements
         self.cfg = cfg.validate()
         self.backbone = backbone
         self.vocab_size = vocab_size
@@ -30,14 +36,24 @@ class ArMethod:
 
     def next_token_logits(self, ids: Tensor) -> Tensor:
         """Sampler contract: ids (B, L') -> logits (B, L', K)."""
-        return self.backbone(ids, None).float()
+        return self._mask(self.backbone(ids, None).float())
+
+    def _mask(self, logits: Tensor) -> Tensor:
+        if not self.masked_logit_ids:
+            return logits
+        ids = torch.tensor(self.masked_logit_ids, device=logits.device)
+        return logits.index_fill(-1, ids, -1e6)
+
+    def _nll(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return ar_nll(self._mask(logits.float()), targets)
 
     def training_loss(
         self, batch: dict[str, Tensor], t: Tensor | None = None, *, step: int = 0, generator=None
     ) -> LossOutput:
         x = batch["input_ids"]
         mask = batch.get("attention_mask")
-        per_token = token_loss(ar_nll, self.backbone, x[:, :-1], None, x[:, 1:],
+        nll = self._nll if self.masked_logit_ids else ar_nll
+        per_token = token_loss(nll, self.backbone, x[:, :-1], None, x[:, 1:],
                                max_elements=self.loss_chunk_elements)
         return reduce_tokens(per_token, None if mask is None else mask[:, 1:])
 

@@ -11,7 +11,7 @@ from ..losses import distillation_kl_from_logits, token_loss
 from ..relaxation import coupled_pair
 from ..schedules import sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens
-from .configs import DistillConfig, DuoConfig
+from .config import DistillConfig, DuoConfig
 from .duo import DuoMethod
 
 
@@ -30,10 +30,11 @@ class DistillMethod(DuoMethod):
 
     name = "distill"
 
-    def __init__(self, cfg: DistillConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+    def __init__(self, cfg: DistillConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
+                 loss_chunk_elements: int | None = None):
         self.dcfg = cfg.validate()
         super().__init__(DuoConfig(schedule=cfg.schedule, eps=cfg.eps, curriculum="none"), backbone, vocab_size,
-                         max_steps)
+                         max_steps, loss_chunk_elements)
         self.path = DualitySchedule(vocab_size, cfg.gamma_min, cfg.gamma_max)
         self.teacher: nn.Module | None = None
 

@@ -13,7 +13,7 @@ from ..losses import token_loss, usdm_nelbo_from_logits
 from ..processes import uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens
-from .configs import DuoConfig
+from .config import DuoConfig
 
 
 def tau_at(step: int, cfg: DuoConfig) -> float:
@@ -42,9 +42,11 @@ class DuoMethod:
 
     name = "duo"
     process = "uniform"
-    loss_chunk_elements: int | None = None  # logits elements per loss chunk (None: by device, see token_loss)
 
-    def __init__(self, cfg: DuoConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+    def __init__(self, cfg: DuoConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
+                 loss_chunk_elements: int | None = None):
+        # logits elements per loss chunk (None: chosen by device, see duo.losses.token_loss)
+        self.loss_chunk_elements = loss_chunk_elements
         self.cfg = cfg.validate()
         self.backbone = backbone
         self.vocab_size = vocab_size

@@ -9,7 +9,7 @@ from ..losses import mdlm_nelbo, token_loss
 from ..processes import absorbing
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens
-from .configs import MdlmConfig
+from .config import MdlmConfig
 
 
 class MdlmMethod:
@@ -17,9 +17,11 @@ class MdlmMethod:
 
     name = "mdlm"
     process = "absorbing"
-    loss_chunk_elements: int | None = None  # logits elements per loss chunk (None: by device, see token_loss)
 
-    def __init__(self, cfg: MdlmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0):
+    def __init__(self, cfg: MdlmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
+                 loss_chunk_elements: int | None = None):
+        # logits elements per loss chunk (None: chosen by device, see duo.losses.token_loss)
+        self.loss_chunk_elements = loss_chunk_elements
         self.cfg = cfg.validate()
         self.backbone = backbone
         self.vocab_size = vocab_size

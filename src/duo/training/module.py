@@ -7,7 +7,6 @@ exactly the steps an uninterrupted one would take.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any
@@ -16,8 +15,8 @@ import lightning.pytorch as pl
 import torch
 
 from ..experiment import TrainConfig
-from ..methods import get_method_spec, model_overrides
-from ..models import build_model, compile_backbone
+from ..methods import build_method
+from ..models import compile_backbone
 from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed
 from .ema import EMA
@@ -29,22 +28,6 @@ CHECKPOINT_FORMAT = 1
 def step_seed(seed: int, step: int, rank: int, micro: int, stream: int = 0) -> int:
     """The seed of one (step, rank, micro-batch, stream) of a run."""
     return derive_seed(seed, step, rank, micro, stream)
-
-
-def build_method(cfg: TrainConfig, tokenizer_vocab_size: int, max_steps: int | None = None,
-                 model_vocab_size: int | None = None):
-    """The backbone and method a config describes, for a tokenizer of the given size
-    (``model_vocab_size`` overrides the embedding size, e.g. for published weights)."""
-    spec = get_method_spec(cfg.algo)
-    vocab = model_vocab_size or spec.method_cls.model_vocab_size(tokenizer_vocab_size)
-    model_cfg = dataclasses.replace(
-        cfg.model, vocab_size=vocab, **model_overrides(cfg.algo, cfg.algo_cfg)
-    ).validate()
-    backbone = build_model(model_cfg)
-    steps = cfg.trainer.max_steps if max_steps is None else max_steps
-    method = spec.method_cls(cfg.algo_cfg, backbone, vocab, steps)
-    method.loss_chunk_elements = cfg.trainer.loss_chunk_elements
-    return backbone, method
 
 
 def fused_adamw(params: list[torch.nn.Parameter], precision: str) -> bool | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch import Tensor, nn
+from torch import nn
 from torch.distributed.tensor import DTensor
 
 
