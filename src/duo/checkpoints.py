@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .utils.typed_config import load_yaml, save_yaml
+from .config import save_yaml, load_yaml
 from .data import load_tokenizer
-from .config import TrainConfig, build_config
+from .experiment import TrainConfig, build_config
 from .methods import build_method
 from .models import strip_prefix
 from .utils.io import atomic_path
@@ -100,24 +100,44 @@ def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None
         with torch.no_grad():
             for p, s in zip(params, shadow):
                 p.copy_(s.to(p.dtype))
+    if (metadata or {}).get("masked_logit_ids") and hasattr(method, "masked_logit_ids"):
+        method.masked_logit_ids = tuple(int(i) for i in metadata["masked_logit_ids"])  # published AR
     backbone.eval()
     return LoadedModel(cfg, method, backbone, tokenizer, path, dict(metadata or {}))
 
 
 def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,
-                    device: str | torch.device = "cpu") -> LoadedModel:
-    """Model, method and tokenizer from a ``duo`` checkpoint or run directory."""
+                    device: str | torch.device = "cpu", algo: str | None = None) -> LoadedModel:
+    """Model, method and tokenizer from a ``duo`` checkpoint or run directory, an official
+    Lightning ``.ckpt``, a Hugging Face model folder, or ``hf:<repo_id>`` (:mod:`duo.interop`)."""
+    from . import interop
+
+    if str(path).startswith(interop.hub.HUB_PREFIX):
+        path = interop.resolve_hub(str(path))
+    if interop.is_hf_folder(Path(path).expanduser()):
+        return interop.load_official(path, algo=algo, weights="ema" if use_ema else "raw",
+                                     tokenizer=tokenizer, device=device)
     p = resolve_checkpoint(path)
     if p.suffix == ".safetensors":
         return load_pretrained(p.parent, device=device)
-    ckpt = read_checkpoint(p)
+    try:
+        ckpt = read_checkpoint(p)
+    except ValueError:
+        if not interop.is_torch_zip(p):
+            raise
+        ckpt = None  # pickled objects beyond tensors: an official checkpoint, read restrictedly
+    if ckpt is None or (ckpt.get("duo") is None and interop.looks_official(ckpt)):
+        return interop.load_official(p, algo=algo, weights="ema" if use_ema else "raw",
+                                     tokenizer=tokenizer, device=device)
     meta = ckpt.get("duo")
     if meta is None:
         raise ValueError(
-            f"{str(p)!r} has no duo metadata (a published checkpoint?); use "
-            "duo.checkpoints.load_published(path, algo=..., model=..., tokenizer=...)"
+            f"{str(p)!r} has no duo metadata and no backbone.* weights; pass a duo run directory, "
+            "an official .ckpt or a Hugging Face folder"
         )
     cfg = build_config(dict(meta["config"]))
+    if algo is not None and algo != cfg.algo:
+        raise ValueError(f"checkpoint {str(p)!r} holds a {cfg.algo} model, not {algo}; pass algo={cfg.algo}")
     saved_tok = _tokenizer_from_files(meta["tokenizer_files"])
     if tokenizer is not None:
         _check_vocab(tokenizer, saved_tok.vocab_size, f"checkpoint {str(p)!r}")

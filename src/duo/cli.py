@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .utils.typed_config import ConfigError
+from .config import ConfigError
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -31,7 +31,7 @@ def command(name: str, help_text: str):
 
 @command("train", "train a model (algo=duo|mdlm|ar, model=tiny|small|..., data=..., trainer.*=...)")
 def _train(args: list[str]) -> int:
-    from .config import build_config
+    from .experiment import build_config
     from .training import train
 
     cfg = build_config(args)
@@ -62,6 +62,8 @@ COMMANDS["eval"] = ("evaluate a checkpoint (metrics=ppl,zero-shot,gen-ppl data=.
                     _lazy(".commands.evaluate", "main"))
 COMMANDS["distill"] = ("distil a Duo checkpoint into a few-step sampler (checkpoint=..., distill.*=...)",
                        _lazy(".commands.distill", "main"))
+COMMANDS["convert"] = ("write a published .ckpt / HF folder / hf:<repo> as a duo model folder (SRC OUT weights=ema|raw)",
+                       _lazy(".commands.convert", "main"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

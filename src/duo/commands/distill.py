@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..utils.typed_config import ConfigError
+from ..config import ConfigError
 
 
 def main(args: list[str]) -> int:

@@ -1,0 +1,199 @@
+"""The resolved configuration of a training run, and how it is assembled.
+
+Sections: ``algo`` (a method, chosen by name), ``model`` (a preset plus fields),
+``data``, ``trainer``, ``sample`` and ``run_dir``. Sources are merged in order:
+defaults, a YAML file, then ``key=value`` overrides; the result is validated once.
+The YAML written to a run directory round-trips through :func:`build_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from .config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from .data.config import DataConfig
+from .methods import get_method_spec
+from .models import MODEL_PRESETS, ModelConfig
+
+
+# What Lightning's ModelParallelStrategy (under trainer.strategy=fsdp) accepts.
+FSDP_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-true")
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, precision, parallelism, logging and checkpointing."""
+
+    max_steps: int = 500
+    batch_size: int = 32  # global: sequences per optimiser step over all devices
+    micro_batch_size: int | None = None  # per device; None = as large as batch_size allows
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables; the papers use 0.9999 over 1M steps
+    val_every: int = 250
+    val_batches: int = 8
+    ckpt_every: int = 250
+    log_every: int = 10
+    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true on CPU
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # ddp, fsdp (FSDP2, one shard per block), ddp_spawn, ... (Lightning's)
+    seed: int = 0
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    compile: bool = False
+    # Logits elements per chunk of the output layer + loss (memory vs speed); None = 2^24
+    # on CPU; on accelerators 2^32 for Duo's fused NELBO, else 2^27 (duo.losses.LOSS_KINDS).
+    loss_chunk_elements: int | None = None
+    resume: bool = True  # continue from run_dir/checkpoints/last.ckpt when present
+    progress_bar: bool = True
+
+    def validate(self) -> "TrainerConfig":
+        for name in ("max_steps", "batch_size", "val_every", "val_batches", "ckpt_every",
+                     "log_every", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must be >= 1")
+        if self.loss_chunk_elements is not None and self.loss_chunk_elements < 1:
+            raise ConfigError(f"trainer.loss_chunk_elements={self.loss_chunk_elements} must be >= 1 "
+                              "(or null: chosen by device)")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"trainer.lr={self.lr} must be > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"trainer.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"trainer.ema={self.ema} must lie in [0, 1) (0 disables EMA)")
+        if "fsdp" in str(self.strategy).lower() and self.strategy != "fsdp" and self.ema > 0:
+            raise ConfigError(f"trainer.strategy={self.strategy!r} flattens the weights, which the EMA "
+                              "(trainer.ema) cannot average; use trainer.strategy=fsdp (FSDP2) or add trainer.ema=0")
+        if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r} is not supported with trainer.strategy=fsdp; "
+                              f"use one of: {', '.join(FSDP_PRECISIONS)}")
+        bad = sorted(set(self.loggers) - {"csv", "tensorboard", "wandb"})
+        if bad:
+            raise ConfigError(f"trainer.loggers has unknown {bad[0]!r}; valid: csv, tensorboard, wandb")
+        return self
+
+
+@dataclass
+class SampleConfig:
+    """Samples decoded at the end of training (and by default in ``duo sample``)."""
+
+    num_samples: int = 4
+    steps: int = 128
+    sampler: str = "ancestral"
+
+    def validate(self) -> "SampleConfig":
+        if self.num_samples < 0:
+            raise ConfigError(f"sample.num_samples={self.num_samples} must be >= 0")
+        if self.steps < 1:
+            raise ConfigError(f"sample.steps={self.steps} must be >= 1")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    algo: str
+    algo_cfg: Any
+    model_preset: str
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    sample: SampleConfig
+    run_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; feeding it back to :func:`build_config` gives the same config."""
+        return {
+            "algo": {"_name": self.algo, **to_dict(self.algo_cfg)},
+            "model": {"_name": self.model_preset, **to_dict(self.model)},
+            "data": to_dict(self.data),
+            "trainer": to_dict(self.trainer),
+            "sample": to_dict(self.sample),
+            "run_dir": self.run_dir,
+        }
+
+
+SECTIONS = ("algo", "model", "data", "trainer", "sample", "run_dir", "config")
+
+
+def _normalise(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``algo: duo`` and ``model: small`` (selections) as well as mappings;
+    ``data: <name or path>`` selects the corpus."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown key {key!r}; valid top-level keys: {', '.join(SECTIONS)}")
+        if key in ("algo", "model") and not isinstance(value, dict):
+            value = {"_name": value}
+        elif key == "data" and not isinstance(value, dict):
+            value = {"corpus": value}
+        elif key == "data" and "_name" in value:
+            value = {**{k: v for k, v in value.items() if k != "_name"}, "corpus": value["_name"]}
+        out[key] = value
+    return out
+
+
+def default_run_dir(algo: str) -> str:
+    return str(Path("runs") / f"{algo}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def build_config(
+    overrides: Sequence[str] | dict[str, Any] = (),
+    config_file: str | Path | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults (or ``base``, e.g. a saved run's config), then ``config_file`` (or
+    ``config=<path>`` among the overrides), then overrides. Raises ``ConfigError`` (a
+    ``ValueError``) naming any bad key or value."""
+    update = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
+    update = _normalise(update)
+    file_path = update.pop("config", None) or config_file
+    merged: dict[str, Any] = {"algo": {"_name": "duo"}, "model": {"_name": "tiny"}}
+    if base is not None:
+        merged = merge(merged, _normalise(base))
+    if file_path is not None:
+        merged = merge(merged, _normalise(load_yaml(file_path)))
+    merged = merge(merged, update)
+    return _assemble(merged)
+
+
+def _assemble(d: dict[str, Any]) -> TrainConfig:
+    algo_d = dict(d.get("algo", {}))
+    algo = algo_d.pop("_name", "duo")
+    spec = get_method_spec(algo)
+    algo_cfg = from_dict(spec.config_cls, algo_d, prefix="algo.").validate()
+
+    model_d = dict(d.get("model", {}))
+    preset = model_d.pop("_name", "tiny")
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(
+            f"unknown model preset {preset!r}; valid presets: {', '.join(sorted(MODEL_PRESETS))}"
+        )
+    base = to_dict(MODEL_PRESETS[preset])
+    model = from_dict(ModelConfig, {**base, **model_d}, prefix="model.")
+    model.validate()
+
+    data = from_dict(DataConfig, dict(d.get("data", {})), prefix="data.")
+    data.validate()
+    trainer = from_dict(TrainerConfig, dict(d.get("trainer", {})), prefix="trainer.").validate()
+    sample = from_dict(SampleConfig, dict(d.get("sample", {})), prefix="sample.").validate()
+    run_dir = d.get("run_dir") or default_run_dir(algo)
+    if not isinstance(run_dir, (str, Path)):
+        raise ConfigError(f"run_dir={run_dir!r} must be a path")
+    return TrainConfig(algo, algo_cfg, preset, model, data, trainer, sample, str(run_dir))
+
+
+def replace_section(cfg: TrainConfig, section: str, **fields: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)})
