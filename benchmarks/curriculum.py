@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from duo.checkpoints import load_checkpoint
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.training import train
 from duo.training.callbacks import read_history
 from duo.methods import build_method

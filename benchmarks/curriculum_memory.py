@@ -109,7 +109,7 @@ def steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[
 
 def training_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], object]]:
     """A whole training step (loss forward + backward) of the ``--model`` preset per variant."""
-    from duo.experiment import build_config
+    from duo.config import build_config
     from duo.methods import build_method
 
     K = args.vocab_size

@@ -22,7 +22,7 @@ import torch
 
 from duo.checkpoints import load_checkpoint
 from duo.evaluation import load_judge, sample_quality
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.training import train
 from duo.training.distill import distill
 

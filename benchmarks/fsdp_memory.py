@@ -24,7 +24,7 @@ RANK_SCRIPT = """
 import json, resource, sys
 import lightning.pytorch as pl
 import torch
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.training import train
 
 def local(t):

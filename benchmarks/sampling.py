@@ -28,7 +28,7 @@ import torch
 
 from duo.checkpoints import load_checkpoint
 from duo.evaluation import generate_batched, generative_perplexity, load_judge, unigram_entropy
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.samplers import generate, get_sampler
 
 SAMPLERS = ("ancestral", "greedy_tail", "psi")

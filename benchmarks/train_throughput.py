@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.losses import usdm_nelbo
 from duo.methods.duo import _nelbo_from_logits as duo_nelbo_from_logits
 from duo.models import compile_backbone, count_parameters

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from duo.checkpoints import export_pretrained, load_checkpoint, load_pretrained, load_published
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.training import train
 from duo.methods import build_method
 

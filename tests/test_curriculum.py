@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.methods import DuoConfig, curriculum_length, tau_at
 from duo.training import train
 from duo.methods import build_method

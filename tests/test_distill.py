@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from duo.checkpoints import load_checkpoint
-from duo.config import ConfigError
-from duo.experiment import build_config
+from duo.utils.typed_config import ConfigError
+from duo.config import build_config
 from duo.methods import DistillConfig, round_and_delta
 from duo.training import train
 from duo.training.distill import distill

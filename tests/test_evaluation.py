@@ -30,7 +30,7 @@ from conftest import tiny_overrides
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_corpus, duo_cache, tmp_path_factory):
     """One Duo and one AR checkpoint, a few optimiser steps each (trained once per session)."""
-    from duo.experiment import build_config
+    from duo.config import build_config
     from duo.training import train
 
     root = tmp_path_factory.mktemp("eval-runs")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from duo.experiment import build_config
+from duo.config import build_config
 from duo.methods import build_method
 
 from conftest import randomise_zero_layers as _randomise

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from duo.config import ConfigError
-from duo.experiment import build_config
+from duo.utils.typed_config import ConfigError
+from duo.config import build_config
 from duo.training import train
 from duo.training.checkpoint_io import AtomicCheckpointIO
 
@@ -106,7 +106,7 @@ def test_bad_config_gives_one_line_errors(overrides, match, tmp_path):
 
 
 def test_config_round_trips_through_yaml(tmp_path):
-    from duo.config import load_yaml, save_yaml
+    from duo.utils.typed_config import load_yaml, save_yaml
 
     cfg = build_config(["algo=duo", "algo.curriculum=topk", "model.hidden_size=64", "trainer.lr=1e-4"])
     save_yaml(cfg.to_dict(), tmp_path / "c.yaml")

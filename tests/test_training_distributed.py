@@ -47,7 +47,7 @@ def run_script(run_dir: Path, name: str, call: str, envs: list[dict] | None = No
     script.write_text(textwrap.dedent(f"""
         import hashlib, json
         import lightning.pytorch as pl
-        from duo.experiment import build_config
+        from duo.config import build_config
         from duo.training import train
         from duo.training.distill import distill
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import save_yaml, load_yaml
+from .utils.typed_config import load_yaml, save_yaml
 from .data import load_tokenizer
-from .experiment import TrainConfig, build_config
+from .config import TrainConfig, build_config
 from .methods import build_method
 from .models import strip_prefix
 from .utils.io import atomic_path

@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .config import ConfigError
+from .utils.typed_config import ConfigError
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -31,7 +31,7 @@ def command(name: str, help_text: str):
 
 @command("train", "train a model (algo=duo|mdlm|ar, model=tiny|small|..., data=..., trainer.*=...)")
 def _train(args: list[str]) -> int:
-    from .experiment import build_config
+    from .config import build_config
     from .training import train
 
     cfg = build_config(args)

@@ -1,200 +1,199 @@
-"""Typed dataclass configs: YAML files, presets and dotted ``key=value`` overrides.
+"""The run configuration: the resolved settings of a training run, and how they are assembled.
 
-Hydra-style selection without Hydra: ``algo=duo`` picks a method's config class,
-``model=small`` a model preset, ``data=lm1b`` (or a path) a corpus; then
-``algo.tau=1e-3``, ``model.hidden_size=256``, ``trainer.max_steps=100`` set fields.
-Every value is type-checked against the dataclass annotation once, when the config is
-built, so a typo fails before any work starts.
+Sections: ``algo`` (a method, chosen by name), ``model`` (a preset plus fields),
+``data``, ``trainer``, ``sample`` and ``run_dir``. Sources are merged in order:
+defaults, a YAML file, then ``key=value`` overrides; the result is validated once.
+The YAML written to a run directory round-trips through :func:`build_config`.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import types
-import typing
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Sequence
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A user error in a configuration (unknown key, wrong type, bad value)."""
-
-
-# ----------------------------------------------------------------------------
-# Generic dataclass <-> dict with type checking
+from .utils.typed_config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from .data.config import DataConfig
+from .methods import get_method_spec
+from .models import MODEL_PRESETS, ModelConfig
 
 
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin in (list, tuple):
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
-    return getattr(tp, "__name__", str(tp))
+# What Lightning's ModelParallelStrategy (under trainer.strategy=fsdp) accepts.
+FSDP_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-true")
 
 
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp`` (with int -> float widening)."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise ConfigError(f"{key}={value!r} is not one of {_type_name(tp)}")
-    if origin in (Union, types.UnionType):
-        for arg in get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        for arg in get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
-    if origin in (dict, collections.abc.Mapping):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r} must be a mapping ({_type_name(tp)})")
-        key_tp, val_tp = get_args(tp) or (Any, Any)
-        return {coerce(k, key_tp, key): coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    if origin in (list, tuple, collections.abc.Sequence):
-        if isinstance(value, str) and origin is collections.abc.Sequence:
-            raise ConfigError(f"{key}={value!r} must be a list ({_type_name(tp)})")
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list ({_type_name(tp)})")
-        args = get_args(tp)
-        item = args[0] if args else Any
-        items = [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, dict):
-            return from_dict(tp, value, prefix=f"{key}.")
-        raise ConfigError(f"{key}={value!r} must be a mapping of {tp.__name__} fields")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is str:
-        if isinstance(value, (str, Path)):
-            return str(value)
-    elif isinstance(value, tp):
-        return value
-    raise ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+@dataclass
+class TrainerConfig:
+    """Optimisation, precision, parallelism, logging and checkpointing."""
+
+    max_steps: int = 500
+    batch_size: int = 32  # global: sequences per optimiser step over all devices
+    micro_batch_size: int | None = None  # per device; None = as large as batch_size allows
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables; the papers use 0.9999 over 1M steps
+    val_every: int = 250
+    val_batches: int = 8
+    ckpt_every: int = 250
+    log_every: int = 10
+    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true on CPU
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # ddp, fsdp (FSDP2, one shard per block), ddp_spawn, ... (Lightning's)
+    seed: int = 0
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    compile: bool = False
+    # Logits elements per chunk of the output layer + loss (memory vs speed); None = 2^24
+    # on CPU; on accelerators 2^32 for Duo's fused NELBO, else 2^27 (duo.losses.LOSS_KINDS).
+    loss_chunk_elements: int | None = None
+    resume: bool = True  # continue from run_dir/checkpoints/last.ckpt when present
+    progress_bar: bool = True
+
+    def validate(self) -> "TrainerConfig":
+        for name in ("max_steps", "batch_size", "val_every", "val_batches", "ckpt_every",
+                     "log_every", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must be >= 1")
+        if self.loss_chunk_elements is not None and self.loss_chunk_elements < 1:
+            raise ConfigError(f"trainer.loss_chunk_elements={self.loss_chunk_elements} must be >= 1 "
+                              "(or null: chosen by device)")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"trainer.micro_batch_size={self.micro_batch_size} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"trainer.lr={self.lr} must be > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"trainer.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"trainer.ema={self.ema} must lie in [0, 1) (0 disables EMA)")
+        if "fsdp" in str(self.strategy).lower() and self.strategy != "fsdp" and self.ema > 0:
+            raise ConfigError(f"trainer.strategy={self.strategy!r} flattens the weights, which the EMA "
+                              "(trainer.ema) cannot average; use trainer.strategy=fsdp (FSDP2) or add trainer.ema=0")
+        if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r} is not supported with trainer.strategy=fsdp; "
+                              f"use one of: {', '.join(FSDP_PRECISIONS)}")
+        bad = sorted(set(self.loggers) - {"csv", "tensorboard", "wandb"})
+        if bad:
+            raise ConfigError(f"trainer.loggers has unknown {bad[0]!r}; valid: csv, tensorboard, wandb")
+        return self
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; valid keys under "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
-        )
-    kwargs = {k: coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+@dataclass
+class SampleConfig:
+    """Samples decoded at the end of training (and by default in ``duo sample``)."""
+
+    num_samples: int = 4
+    steps: int = 128
+    sampler: str = "ancestral"
+
+    def validate(self) -> "SampleConfig":
+        if self.num_samples < 0:
+            raise ConfigError(f"sample.num_samples={self.num_samples} must be >= 0")
+        if self.steps < 1:
+            raise ConfigError(f"sample.steps={self.steps} must be >= 1")
+        return self
 
 
-def to_dict(obj: Any) -> Any:
-    """Plain-data (YAML/JSON-safe) view of a config dataclass."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+@dataclass
+class TrainConfig:
+    algo: str
+    algo_cfg: Any
+    model_preset: str
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    sample: SampleConfig
+    run_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; feeding it back to :func:`build_config` gives the same config."""
+        return {
+            "algo": {"_name": self.algo, **to_dict(self.algo_cfg)},
+            "model": {"_name": self.model_preset, **to_dict(self.model)},
+            "data": to_dict(self.data),
+            "trainer": to_dict(self.trainer),
+            "sample": to_dict(self.sample),
+            "run_dir": self.run_dir,
+        }
 
 
-def parse_value(text: str) -> Any:
-    """``key=value`` right-hand sides are YAML scalars: ``1e-3``, ``true``, ``[1, 2]``, ``null``."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    # YAML 1.1 reads "1e-3" as a string; numbers are what users mean.
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            return value
-    return value
+SECTIONS = ("algo", "model", "data", "trainer", "sample", "run_dir", "config")
 
 
-def parse_overrides(args: typing.Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> nested dict ``{"a": {"b": 1}, "c": "x"}`` (order kept)."""
+def _normalise(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``algo: duo`` and ``model: small`` (selections) as well as mappings;
+    ``data: <name or path>`` selects the corpus."""
     out: dict[str, Any] = {}
-    for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"argument {arg!r} is not key=value (e.g. trainer.max_steps=100)")
-        key, text = arg.split("=", 1)
-        if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"argument {arg!r} has an empty key")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                # "algo=mdlm algo.eps=..." keeps the selection under "_name".
-                child = {} if child is None else {"_name": child}
-                node[part] = child
-            node = child
-        last = parts[-1]
-        value = parse_value(text)
-        if isinstance(node.get(last), dict) and not isinstance(value, dict):
-            node[last]["_name"] = value
-        else:
-            node[last] = value
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown key {key!r}; valid top-level keys: {', '.join(SECTIONS)}")
+        if key in ("algo", "model") and not isinstance(value, dict):
+            value = {"_name": value}
+        elif key == "data" and not isinstance(value, dict):
+            value = {"corpus": value}
+        elif key == "data" and "_name" in value:
+            value = {**{k: v for k, v in value.items() if k != "_name"}, "corpus": value["_name"]}
+        out[key] = value
     return out
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins. A selection (``_name``) change drops the
-    old section's fields, since they belong to another class."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            old = out[key]
-            if "_name" in value and old.get("_name") not in (None, value["_name"]):
-                old = {}
-            out[key] = merge(old, value)
-        else:
-            out[key] = value
-    return out
+def default_run_dir(algo: str) -> str:
+    return str(Path("runs") / f"{algo}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return data
+def build_config(
+    overrides: Sequence[str] | dict[str, Any] = (),
+    config_file: str | Path | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults (or ``base``, e.g. a saved run's config), then ``config_file`` (or
+    ``config=<path>`` among the overrides), then overrides. Raises ``ConfigError`` (a
+    ``ValueError``) naming any bad key or value."""
+    update = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
+    update = _normalise(update)
+    file_path = update.pop("config", None) or config_file
+    merged: dict[str, Any] = {"algo": {"_name": "duo"}, "model": {"_name": "tiny"}}
+    if base is not None:
+        merged = merge(merged, _normalise(base))
+    if file_path is not None:
+        merged = merge(merged, _normalise(load_yaml(file_path)))
+    merged = merge(merged, update)
+    return _assemble(merged)
 
 
-def save_yaml(data: dict[str, Any], path: str | Path) -> None:
-    """Write YAML atomically (temp file, then rename)."""
-    from .utils.io import atomic_write_text
+def _assemble(d: dict[str, Any]) -> TrainConfig:
+    algo_d = dict(d.get("algo", {}))
+    algo = algo_d.pop("_name", "duo")
+    spec = get_method_spec(algo)
+    algo_cfg = from_dict(spec.config_cls, algo_d, prefix="algo.").validate()
 
-    atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
+    model_d = dict(d.get("model", {}))
+    preset = model_d.pop("_name", "tiny")
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(
+            f"unknown model preset {preset!r}; valid presets: {', '.join(sorted(MODEL_PRESETS))}"
+        )
+    base = to_dict(MODEL_PRESETS[preset])
+    model = from_dict(ModelConfig, {**base, **model_d}, prefix="model.")
+    model.validate()
+
+    data = from_dict(DataConfig, dict(d.get("data", {})), prefix="data.")
+    data.validate()
+    trainer = from_dict(TrainerConfig, dict(d.get("trainer", {})), prefix="trainer.").validate()
+    sample = from_dict(SampleConfig, dict(d.get("sample", {})), prefix="sample.").validate()
+    run_dir = d.get("run_dir") or default_run_dir(algo)
+    if not isinstance(run_dir, (str, Path)):
+        raise ConfigError(f"run_dir={run_dir!r} must be a path")
+    return TrainConfig(algo, algo_cfg, preset, model, data, trainer, sample, str(run_dir))
+
+
+def replace_section(cfg: TrainConfig, section: str, **fields: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..utils.typed_config import ConfigError
 
 
 def main(args: list[str]) -> int:

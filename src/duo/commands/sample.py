@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, coerce, parse_value
+from ..utils.typed_config import ConfigError, coerce, parse_value
 
 
 @dataclass

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from ..data import build_data, build_dataloader, check_fits_model
-from ..experiment import TrainConfig
+from ..config import TrainConfig
 
 
 class TextDataModule(pl.LightningDataModule):

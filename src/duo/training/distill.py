@@ -13,8 +13,8 @@ import lightning.pytorch as pl
 import torch
 
 from ..checkpoints import load_checkpoint
-from ..config import ConfigError
-from ..experiment import build_config, replace_section
+from ..utils.typed_config import ConfigError
+from ..config import build_config, replace_section
 from ..methods import round_and_delta
 from ..models import build_model
 from .run import TrainResult, train

@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ..experiment import TrainConfig
+from ..config import TrainConfig
 from ..methods import build_method
 from ..models import compile_backbone
 from ..schedules import antithetic_times

@@ -18,8 +18,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from ..config import ConfigError, save_yaml
-from ..experiment import TrainConfig
+from ..utils.typed_config import ConfigError, save_yaml
+from ..config import TrainConfig
 from .callbacks import MetricsHistory
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import TextDataModule
