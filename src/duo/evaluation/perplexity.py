@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from ..losses import reconstruction_nll, uniform_decoder_nll
-from ..processes import absorbing, uniform
 from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed
 
@@ -42,6 +41,8 @@ class PerplexityResult:
     """Per-token NELBO (nats) and its ``exp``; ``terms`` splits ``nelbo`` for diffusion models.
 
     ``bound`` is True when ``ppl`` is an upper bound (diffusion), False for the exact AR NLL.
+    ``diffusion_ppl``: ``exp`` of the diffusion term alone (no prior, no reconstruction),
+    the number the papers report (MATH.md 11); ``<= ppl``; None for AR models.
     """
 
     nelbo: float
@@ -54,6 +55,11 @@ class PerplexityResult:
     corpus: str | None = None
     split: str | None = None
     seconds: float = 0.0
+    diffusion_ppl: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.diffusion_ppl is None and "diffusion" in self.terms:
+            self.diffusion_ppl = math.exp(min(self.terms["diffusion"], 700.0))
 
     @property
     def display(self) -> str:
@@ -77,16 +83,14 @@ def _batches(data, batch_size: int) -> Iterable[dict[str, Tensor]]:
 
 
 def _noised(method, x: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
-    if method.process == "absorbing":
-        return absorbing.sample_zt(x, alpha, method.mask_id, generator=gen)
-    return uniform.sample_zt(x, alpha, method.vocab_size, generator=gen)
+    return method.process.noise(x, alpha, method.vocab_size, getattr(method, "mask_id", None), gen)
 
 
 def _decoder_nll(method, z0: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
     log_probs = method.denoiser(z0, alpha).float()
-    if method.process == "uniform":
-        return uniform_decoder_nll(log_probs, z0, x, alpha)
-    return reconstruction_nll(log_probs, x).double()  # SUBS: copies unmasked tokens
+    if method.process.masked:
+        return reconstruction_nll(log_probs, x).double()  # SUBS: copies unmasked tokens
+    return uniform_decoder_nll(log_probs, z0, x, alpha)
 
 
 def _reconstruction(method, batch: dict[str, Tensor], gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -130,7 +134,7 @@ def perplexity(
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches} must be >= 1 or None (all batches)")
     device = torch.device(device) if device is not None else next(method.backbone.parameters()).device
-    diffusion = method.process != "causal"
+    diffusion = method.process.diffusion
     sums = {"total": 0.0, "tokens": 0.0, "prior": 0.0, "recon": 0.0, "recon_tokens": 0.0}
     sequences = 0
     was_training = method.backbone.training

@@ -7,6 +7,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .base import Conditioning, Denoiser, GenerationOutput, Sampler
+from .grid import check_protocol
 from .workspace import Workspace
 
 
@@ -44,6 +45,7 @@ def generate(
     time_conditioned: bool | None = None,
     return_intermediates: bool = False,
     progress: bool = False,
+    protocol: str = "ours",
 ) -> GenerationOutput:
     """Sample (B, L) token ids from the prior down to t = eps with ``sampler``.
 
@@ -57,7 +59,12 @@ def generate(
         clamp: positions held fixed (prefix, suffix, infilling).
         time_conditioned: whether the denoiser uses alpha_t; defaults to its
             ``time_conditioned`` attribute, else True. Caching requires False.
+        protocol: "ours" (``steps`` network calls, the last removing the noise) or
+            "paper" (the official code: ``steps`` posterior steps down to eps, then one
+            more call at eps to remove the noise, ``steps + 1`` calls; MATH.md 11). The
+            output's ``nfe`` counts the calls either way.
     """
+    check_protocol(protocol)
     if not callable(getattr(sampler, "step", None)):
         raise ValueError(f"{type(sampler).__name__} is not a diffusion sampler; use "
                          "generate_ar for autoregressive sampling")
@@ -83,7 +90,7 @@ def generate(
     nfe = 0
     last_input: Tensor | None = None
     last_pred: Tensor | None = None
-    for i, time in enumerate(tqdm(grid.step_times(schedule), disable=not progress,
+    for i, time in enumerate(tqdm(grid.step_times(schedule, protocol), disable=not progress,
                                   desc="sampling")):
         reuse = cache and last_input is not None and torch.equal(z, last_input)
         out = sampler.step(denoiser, z, time, generator=gen,
