@@ -12,33 +12,19 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .utils.typed_config import load_yaml, save_yaml
+from .config import build_config
 from .data import load_tokenizer
-from .config import TrainConfig, build_config
-from .methods import build_method
-from .models import strip_prefix
+from .loading import LoadedModel, build_loaded
 from .utils.io import atomic_path
+from .utils.typed_config import load_yaml, save_yaml
 
-
-@dataclass
-class LoadedModel:
-    cfg: TrainConfig
-    method: Any
-    backbone: nn.Module
-    tokenizer: Any
-    path: Path
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def algo(self) -> str:
-        return self.cfg.algo
+__all__ = ["LoadedModel", "build_loaded", "export_pretrained", "load_checkpoint", "load_pretrained",
+           "load_published", "read_checkpoint", "resolve_checkpoint"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -79,31 +65,6 @@ def _check_vocab(tokenizer, expected: int, where: str) -> None:
             f"tokenizer {getattr(tokenizer, 'name', '?')!r} has {tokenizer.vocab_size} ids but {where} "
             f"was trained with {expected}; use the tokenizer saved with the checkpoint"
         )
-
-
-def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None, path: Path,
-                 metadata: dict | None = None, use_ema: bool = True,
-                 model_vocab_size: int | None = None) -> LoadedModel:
-    backbone, method = build_method(cfg, tokenizer.vocab_size, model_vocab_size=model_vocab_size)
-    weights = strip_prefix(state_dict, "backbone.")
-    missing, unexpected = backbone.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {str(path)!r} does not fit the {cfg.algo}/{cfg.model_preset} model "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check algo and model settings"
-        )
-    if use_ema and ema is not None:
-        shadow = ema["shadow_params"]
-        params = list(backbone.parameters())
-        if len(shadow) != len(params):
-            raise ValueError(f"EMA in {str(path)!r} has {len(shadow)} tensors for {len(params)} parameters")
-        with torch.no_grad():
-            for p, s in zip(params, shadow):
-                p.copy_(s.to(p.dtype))
-    if (metadata or {}).get("masked_logit_ids") and hasattr(method, "masked_logit_ids"):
-        method.masked_logit_ids = tuple(int(i) for i in metadata["masked_logit_ids"])  # published AR
-    backbone.eval()
-    return LoadedModel(cfg, method, backbone, tokenizer, path, dict(metadata or {}))
 
 
 def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,

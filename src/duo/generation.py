@@ -13,17 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .samplers import Conditioning, generate, generate_ar, get_sampler
-
-# sampler name -> processes it can run on
-SAMPLER_PROCESSES: dict[str, tuple[str, ...]] = {
-    "ancestral": ("uniform",),
-    "greedy_tail": ("uniform",),
-    "psi": ("uniform", "absorbing"),
-    "mdlm": ("absorbing",),
-    "ar": ("causal",),
-}
-DEFAULT_SAMPLER = {"uniform": "ancestral", "absorbing": "mdlm", "causal": "ar"}
+from .samplers import Conditioning, check_fits, generate, generate_ar, get_sampler
 
 
 @dataclass
@@ -42,15 +32,8 @@ class Generation:
 def resolve_sampler(method, name: str | None) -> str:
     """The sampler to use for ``method`` (its default when ``name`` is None or "auto")."""
     if name in (None, "auto"):
-        return DEFAULT_SAMPLER[method.process]
-    if name not in SAMPLER_PROCESSES:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLER_PROCESSES))}")
-    if method.process not in SAMPLER_PROCESSES[name]:
-        fits = [n for n, procs in SAMPLER_PROCESSES.items() if method.process in procs]
-        raise ValueError(
-            f"sampler {name!r} does not fit a {method.name} checkpoint ({method.process} process); "
-            f"use one of {', '.join(fits)}"
-        )
+        return method.process.default_sampler
+    check_fits(name, method.process.kind, method.name)
     return name
 
 
@@ -58,7 +41,7 @@ def _denoiser(method):
     def denoise(z: Tensor, alpha_t: Tensor) -> Tensor:
         return method.denoiser(z, alpha_t)
 
-    time_conditioned = method.process != "absorbing" or bool(getattr(method.cfg, "time_conditioning", True))
+    time_conditioned = not method.process.masked or bool(getattr(method.cfg, "time_conditioning", True))
     denoise.time_conditioned = time_conditioned  # type: ignore[attr-defined]
     return denoise
 
@@ -93,9 +76,9 @@ def generate_tokens(
         out = generate_ar(method.next_token_logits, batch_size=num_samples, seq_len=seq_len,
                           prefix=prefix, seed=seed, device=device, progress=progress, **options)
         return out.tokens, out.nfe, None
-    if method.process == "absorbing":
+    if method.process.masked:
         options.setdefault("mask_id", method.mask_id)
-        options.setdefault("process", "absorbing")
+        options.setdefault("process", method.process.kind)
     conds = [c for c in (clamp,
                          Conditioning.prefix(prefix, seq_len) if prefix is not None else None,
                          Conditioning.suffix(suffix, seq_len) if suffix is not None else None) if c is not None]
@@ -133,7 +116,7 @@ def generate_text(method, tokenizer, *, num_samples: int, seq_len: int, prompt: 
     """Generate and decode; ``prompt`` is encoded and clamped as a prefix. Autoregressive
     samples start from the tokenizer's BOS (unless ``options`` sets ``bos_id``)."""
     prefix = kwargs.pop("prefix", None)
-    if method.process == "causal":
+    if method.process.autoregressive:
         # An AR sample starts a new document, as the training rows' documents do.
         kwargs["options"] = {"bos_id": tokenizer.bos_id, **(kwargs.get("options") or {})}
     if prompt is not None:

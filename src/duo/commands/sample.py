@@ -121,7 +121,7 @@ def check_lengths(loaded, seq_len: int, prefix: list[int], suffix: list[int]) ->
     limit = loaded.cfg.model.max_seq_len
     if seq_len < 1 or seq_len > limit:
         raise ValueError(f"seq_len={seq_len} must be in [1, {limit}] (the model's maximum length)")
-    bos = 1 if loaded.method.process == "causal" else 0
+    bos = 1 if loaded.method.process.autoregressive else 0
     if bos + len(prefix) + len(suffix) > seq_len:
         raise ValueError(f"prefix/suffix of {bos + len(prefix) + len(suffix)} tokens is longer than the "
                          f"sequence (seq_len={seq_len}); shorten it or raise seq_len")

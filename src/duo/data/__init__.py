@@ -7,11 +7,11 @@ Typical use::
     loader = bundle.train_loader(batch_size=32)
 """
 
-from duo.data import hf as _hf  # noqa: F401  (registers the Hugging Face corpora)
 from duo.data.build import DataBundle, build_data, check_fits_model, pack_split
 from duo.data.cache import CacheEntry, default_cache_dir
 from duo.data.config import DataConfig
-from duo.data.corpora import CORPORA, Corpus, CorpusOptions, corpus_names, get_corpus, register_corpus
+from duo.data.catalog import CORPORA, corpus_names, get_corpus, register_corpus
+from duo.data.corpora import Corpus, CorpusOptions
 from duo.data.dataset import PackedDataset
 from duo.data.detokenizers import DETOKENIZERS, get_detokenizer
 from duo.data.hf import HF_CORPORA, HFCorpusSpec, load_hf_split

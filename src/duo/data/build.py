@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from duo.data.cache import CacheEntry, RowWriter, cache_key, default_cache_dir, entry_dir, load_or_build
 from duo.data.config import DataConfig
-from duo.data.corpora import Corpus, get_corpus
+from duo.data.catalog import get_corpus
+from duo.data.corpora import Corpus
 from duo.data.dataset import PackedDataset
 from duo.data.packing import PACKERS
 from duo.data.sampler import ResumableDataLoader, build_dataloader

@@ -39,7 +39,7 @@ class DataConfig:
 
     def validate(self) -> "DataConfig":
         """Raise a one-line ValueError naming the first bad field; return self."""
-        from duo.data.corpora import CORPORA, corpus_names, is_path_like
+        from duo.data.catalog import CORPORA, corpus_names, is_path_like
         from duo.data.packing import PACKERS
         from duo.data.tokenizer_sources import MIN_BPE_VOCAB
 

@@ -1,9 +1,9 @@
-"""Corpora by name: a registry of constructors plus local text files.
+"""Corpora: the :class:`Corpus` type, the built-in corpus and local text files.
 
 A :class:`Corpus` is a named source of documents per split with a fingerprint that
-changes whenever its content would, so caches built from it can be keyed on it. Registered
-names map to constructors (``builtin`` here, the Hugging Face corpora in ``hf.py``);
-anything else is read as a local path.
+changes whenever its content would, so caches built from it can be keyed on it. The
+names users pick from (this module's ``builtin``, the Hugging Face corpora of ``hf.py``)
+are gathered in :mod:`duo.data.catalog`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Any, Callable, Mapping, Sequence
 from duo.data.builtin import builtin_documents
 
 __all__ = [
-    "CORPORA",
     "Corpus",
+    "CorpusFactory",
     "CorpusOptions",
-    "corpus_names",
-    "get_corpus",
+    "builtin_corpus",
     "hash_split",
+    "is_path_like",
+    "local_corpus",
     "read_local_documents",
-    "register_corpus",
 ]
 
 SPLITS = ("train", "validation")
@@ -71,24 +71,6 @@ class CorpusOptions:
 
 
 CorpusFactory = Callable[[CorpusOptions], Corpus]
-CORPORA: dict[str, CorpusFactory] = {}
-
-
-def register_corpus(name: str, factory: CorpusFactory | None = None):
-    """Register ``factory`` under ``name``; usable as a decorator."""
-
-    def add(fn: CorpusFactory) -> CorpusFactory:
-        if name in CORPORA:
-            raise ValueError(f"corpus {name!r} is already registered; pick another name")
-        CORPORA[name] = fn
-        return fn
-
-    return add(factory) if factory is not None else add
-
-
-def corpus_names() -> list[str]:
-    """Registered corpus names, sorted."""
-    return sorted(CORPORA)
 
 
 def _bucket(doc: str) -> float:
@@ -125,8 +107,7 @@ def _split_corpus(name: str, docs: Sequence[str], kind: str, val_fraction: float
     return Corpus(name, fingerprint, tokenizer, reader=split_docs.__getitem__)
 
 
-@register_corpus("builtin")
-def _builtin(options: CorpusOptions) -> Corpus:
+def builtin_corpus(options: CorpusOptions) -> Corpus:
     return _split_corpus("builtin", builtin_documents(), "builtin", options.val_fraction, "bpe")
 
 
@@ -178,7 +159,7 @@ def read_local_documents(path: str | Path, text_field: str = "text") -> list[str
     return docs
 
 
-def _local(path: Path, options: CorpusOptions) -> Corpus:
+def local_corpus(path: Path, options: CorpusOptions) -> Corpus:
     text_field = options.text_field or "text"
     docs = read_local_documents(path, text_field)
     # The resolved path names the corpus, so "./a.txt" and "/abs/a.txt" share cache entries.
@@ -188,35 +169,3 @@ def _local(path: Path, options: CorpusOptions) -> Corpus:
 def is_path_like(name: str) -> bool:
     """Whether ``name`` was meant as a file path (so a miss is FileNotFoundError, not unknown name)."""
     return any(ch in name for ch in "/\\") or name.startswith((".", "~")) or Path(name).suffix in (".txt", ".jsonl")
-
-
-def get_corpus(
-    name_or_path: str,
-    *,
-    text_field: str | None = None,
-    val_fraction: float = 0.03,
-    data_files: Mapping[str, str | Sequence[str]] | None = None,
-    cache_dir: str | None = None,
-    detokenize: bool = True,
-    overrides: Mapping[str, Any] | None = None,
-) -> Corpus:
-    """A registered corpus, ``hf:<dataset>`` for any Hugging Face dataset, or a local path."""
-    options = CorpusOptions(text_field, val_fraction, data_files, cache_dir, detokenize, overrides)
-    if name_or_path in CORPORA:
-        return CORPORA[name_or_path](options)
-    if name_or_path.startswith("hf:"):
-        from duo.data.hf import generic_hf_corpus
-
-        return generic_hf_corpus(name_or_path[3:], options)
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return _local(path, options)
-    if is_path_like(name_or_path):
-        raise FileNotFoundError(
-            f"corpus path {name_or_path!r} does not exist; pass an existing .txt/.jsonl file or directory, "
-            f"or one of {corpus_names()}"
-        )
-    raise ValueError(
-        f"unknown corpus {name_or_path!r}; pick one of {corpus_names()}, a local .txt/.jsonl file or "
-        "directory, or 'hf:<dataset>'"
-    )

@@ -1,4 +1,4 @@
-"""Hugging Face datasets: the corpora of the diffusion-LM papers, registered by name.
+"""Hugging Face datasets: the corpora of the diffusion-LM papers (named in ``catalog.py``).
 
 Every load goes through :func:`load_hf_split`. Given ``data_files`` it reads local files
 in the hub's format with a packaged builder (json / parquet / text / csv), which needs no
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from duo.data.corpora import Corpus, CorpusOptions, register_corpus
+from duo.data.corpora import Corpus, CorpusOptions
 from duo.data.detokenizers import get_detokenizer
 
 __all__ = ["HF_CORPORA", "HFCorpusSpec", "HFDocuments", "generic_hf_corpus", "hf_corpus", "load_hf_split"]
@@ -194,7 +194,3 @@ def generic_hf_corpus(name: str, options: CorpusOptions) -> Corpus:
     path, _, config = name.partition(":")
     spec = HFCorpusSpec(f"hf:{name}", path, config or None, splits={"train": "train", "validation": "validation"})
     return hf_corpus(spec, options)
-
-
-for _name, _spec in HF_CORPORA.items():
-    register_corpus(_name, functools.partial(hf_corpus, _spec))

@@ -42,7 +42,7 @@ class CheckpointLM:
     name: str
 
     def __post_init__(self) -> None:
-        if self.loaded.method.process != "causal":
+        if not self.loaded.method.process.autoregressive:
             raise ValueError(
                 f"judge {self.name!r} is a {self.loaded.algo} checkpoint; a judge must be autoregressive: "
                 "pass judge=<an ar run directory> or a Hugging Face causal LM"

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .restricted_unpickle import InertRecord, load_restricted, to_plain
+from .restricted_unpickle import load_restricted, to_plain
 from .tokenizer_state import tokenizer_from_record
 
 __all__ = ["OfficialSpec", "load_official", "looks_official", "is_hf_folder", "read_official"]
@@ -272,10 +272,7 @@ def read_official(path: str | Path) -> _Read:
 # --- building ------------------------------------------------------------------------
 
 def _build_config(spec: OfficialSpec):
-    try:
-        from ..experiment import build_config
-    except ImportError:  # the run config may live in duo.config
-        from ..config import build_config  # type: ignore[no-redef]
+    from ..config import build_config
     algo: dict[str, Any] = {"_name": spec.algo}
     if spec.algo in ("duo", "mdlm"):
         algo.update(schedule=spec.schedule, eps=spec.eps)
@@ -345,7 +342,7 @@ def load_official(path: str | Path, algo: str | None = None, weights: str = "ema
     (``"raw"``); ``tokenizer`` (a duo tokenizer, name or directory) replaces the
     artifact's (GPT-2 plus ``[PAD]`` when the artifact carries none).
     """
-    from ..checkpoints import build_loaded
+    from ..loading import build_loaded
 
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights={weights!r} must be 'ema' or 'raw'")

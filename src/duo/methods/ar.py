@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import ar_nll, token_loss
+from ..processes import CAUSAL
 from .base import LossOutput, reduce_tokens
 from .config import ArConfig
 
@@ -14,7 +15,7 @@ class ArMethod:
     """Next-token prediction; position i predicts token i + 1."""
 
     name = "ar"
-    process = "causal"
+    process = CAUSAL
     # Ids whose logit is set to -1e6: published AR weights never predict the [PAD] id the
     # official code appended to GPT-2's vocabulary (MATH.md section 11).
     masked_logit_ids: tuple[int, ...] = ()

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .. import relaxation
 from ..duality import DualitySchedule, PolynomialSchedule, diffusion_transform
 from ..losses import token_loss, usdm_nelbo_from_logits
-from ..processes import uniform
+from ..processes import UNIFORM, uniform
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens
 from .config import DuoConfig
@@ -41,7 +41,7 @@ class DuoMethod:
     """Uniform-state diffusion LM: process + schedule + NELBO + backbone."""
 
     name = "duo"
-    process = "uniform"
+    process = UNIFORM
 
     def __init__(self, cfg: DuoConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
                  loss_chunk_elements: int | None = None):

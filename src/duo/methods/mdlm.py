@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import mdlm_nelbo, token_loss
-from ..processes import absorbing
+from ..processes import ABSORBING, absorbing
 from ..schedules import Schedule, get_schedule, sigma_from_alpha
 from .base import LossOutput, attention_mask, reduce_tokens
 from .config import MdlmConfig
@@ -16,7 +16,7 @@ class MdlmMethod:
     """Masked diffusion LM; the mask is the last id of the model's vocabulary."""
 
     name = "mdlm"
-    process = "absorbing"
+    process = ABSORBING
 
     def __init__(self, cfg: MdlmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
                  loss_chunk_elements: int | None = None):

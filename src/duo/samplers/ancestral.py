@@ -17,7 +17,7 @@ from .base import Denoiser, StepOutput, predict
 from .filters import check_filter, filter_active, filter_probs, row_thresholds
 from .grid import StepTime, TimeGrid, time_grid
 from .mixture import draw, x_at_z
-from .steps import Process, get_process
+from .processes import Process, get_process
 from .workspace import Workspace
 
 TAILS = ("ancestral", "greedy")

@@ -11,7 +11,7 @@ corrector. Sampling the mixture directly needs only ``x_theta[z]`` per position 
 categorical draw from ``x_theta`` for the few positions that pick that component, instead
 of several float64 passes over (B, L, K): at K = 50,257 those passes would cost more
 than a small network. :meth:`Mixture.dense` expands it for tests and small K; the process adapters
-(:mod:`duo.samplers.steps`) give the weights and, for checking, the same step built from
+(:mod:`duo.samplers.processes`) give the weights and, for checking, the same step built from
 ``duo.processes``.
 """
 

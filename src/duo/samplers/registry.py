@@ -1,27 +1,53 @@
-"""Samplers by name, so an unknown name fails at config time with the valid names."""
+"""Samplers by name, with the processes each can run on, so an unknown name or a sampler
+that does not fit a model fails before any work with the valid names."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from .ancestral import AncestralSampler, greedy_tail_sampler, mdlm_sampler
 from .ar import ARSampler
 from .psi import PsiSampler
 
-SAMPLERS: dict[str, Callable[..., object]] = {
-    "ancestral": AncestralSampler,
-    "greedy_tail": greedy_tail_sampler,
-    "psi": PsiSampler,
-    "mdlm": mdlm_sampler,
-    "ar": ARSampler,
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    factory: Callable[..., object]
+    processes: tuple[str, ...]  # ProcessKind.kind values it runs on
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "ancestral": SamplerSpec(AncestralSampler, ("uniform",)),
+    "greedy_tail": SamplerSpec(greedy_tail_sampler, ("uniform",)),
+    "psi": SamplerSpec(PsiSampler, ("uniform", "absorbing")),
+    "mdlm": SamplerSpec(mdlm_sampler, ("absorbing",)),
+    "ar": SamplerSpec(ARSampler, ("causal",)),
 }
+
+
+def _check_name(name: str) -> None:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
+
+
+def samplers_for(kind: str) -> list[str]:
+    """Names of the samplers that run on a process of ``kind``."""
+    return [name for name, spec in SAMPLERS.items() if kind in spec.processes]
+
+
+def check_fits(name: str, kind: str, model: str = "model") -> None:
+    """Raise a one-line error unless sampler ``name`` runs on a ``kind`` process."""
+    _check_name(name)
+    if kind not in SAMPLERS[name].processes:
+        raise ValueError(f"sampler {name!r} does not fit a {model} checkpoint ({kind} process); "
+                         f"use one of {', '.join(samplers_for(kind))}")
 
 
 def get_sampler(name: str, **options):
     """Build sampler ``name`` with ``options`` (its dataclass fields)."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
+    _check_name(name)
     try:
-        return SAMPLERS[name](**options)
+        return SAMPLERS[name].factory(**options)
     except TypeError as err:  # an unknown option: say which sampler and why
         raise ValueError(f"bad options for sampler {name!r}: {err}") from None

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..generation import generate_text
+from ..samplers import SAMPLERS
 from ..utils.io import atomic_write_text
 
 
@@ -14,8 +15,8 @@ def sample_texts(module, tokenizer, sample_cfg, run_dir: Path | None) -> list[st
     """Samples with the EMA weights, saved under ``run_dir/samples`` unless it is None."""
     method = module.method
     sampler = sample_cfg.sampler
-    if sampler == "ancestral" and method.process != "uniform":
-        sampler = None  # the method's own default (mdlm / ar)
+    if sampler is not None and method.process.kind not in SAMPLERS[sampler].processes:
+        sampler = None  # e.g. a config's "ancestral" for an mdlm / ar run: the method's own default
     ema = module.ema.swapped_in(module.backbone) if module.ema is not None else nullcontext()
     with ema:
         gen = generate_text(
