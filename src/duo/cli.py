@@ -7,6 +7,12 @@ Examples::
     duo train algo.curriculum=topk algo.curriculum_k=2 trainer.max_steps=20000
     duo sample checkpoint=runs/duo-... steps=64 sampler=greedy_tail num_samples=4
     duo eval checkpoint=runs/duo-... metrics=ppl,gen-ppl
+    duo -q train trainer.max_steps=100          # no progress bar: final results and errors only
+
+Console output: duo's messages (the run directory, model, data and plan, then the
+progress bar) go to stderr, results to stdout. By default third-party deprecation and
+user warnings are filtered here, at the entry point, not in the library that users
+import; ``-v`` shows them, Lightning's INFO lines and full tracebacks.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from .utils.typed_config import ConfigError
@@ -35,12 +42,14 @@ def _train(args: list[str]) -> int:
     from .training import train
 
     cfg = build_config(args)
-    print(f"run directory: {cfg.run_dir}")
     result = train(cfg)
     if not result.is_global_zero:
         return 0  # rank 0 reports for every process
     if result.val_ppl is not None:
-        print(f"validation perplexity <= {result.val_ppl:.2f} (NELBO {result.val_nelbo:.4f} nats/token)")
+        if result.val_ppl_bound:  # diffusion: exp(NELBO) bounds the perplexity from above
+            print(f"validation perplexity <= {result.val_ppl:.2f} (NELBO {result.val_nelbo:.4f} nats/token)")
+        else:  # autoregressive: the exact likelihood
+            print(f"validation perplexity {result.val_ppl:.2f} (NLL {result.val_nelbo:.4f} nats/token)")
     for i, text in enumerate(result.samples):
         print(f"--- sample {i} ---\n{text}")
     print(f"checkpoint: {result.checkpoint}")
@@ -66,8 +75,80 @@ COMMANDS["convert"] = ("write a published .ckpt / HF folder / hf:<repo> as a duo
                        _lazy(".commands.convert", "main"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+# Commands that train through Lightning: imported before the console is set up, so that
+# its loggers (configured by Lightning at import) are set up once, here.
+LIGHTNING_COMMANDS = ("train", "distill")
+# Settings -q adds to a training command: no progress bars, neither Lightning's nor the data build's.
+QUIET_OVERRIDES = ("trainer.progress_bar=false", "data.show_progress=false")
+
+
+class _Console(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it); levels above INFO
+    are prefixed with their name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_ConsoleFormat())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; the property ignores it
+        pass
+
+
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+_CONSOLE = _Console()
+
+
+def setup_console(verbosity: int = NORMAL) -> None:
+    """One handler, so every message is printed once; levels and warning filters by
+    verbosity. Idempotent (``main`` may run many times in one process, e.g. in tests).
+
+    Lightning adds console handlers of its own at import (and propagates to the root's
+    when the root has one: each line twice); its loggers are given this handler only,
+    at WARNING (INFO with -v: GPU/TPU availability, the cloud-logging tips, ...)."""
+    root = logging.getLogger()
+    if _CONSOLE not in root.handlers:
+        root.addHandler(_CONSOLE)
+    root.setLevel(logging.WARNING if verbosity > QUIET else logging.ERROR)
+    logging.getLogger("duo").setLevel(
+        {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}[verbosity])
+    lightning_level = logging.INFO if verbosity == VERBOSE else logging.WARNING
+    top = logging.getLogger("lightning")
+    top.handlers = [_CONSOLE]
+    top.propagate = False
+    top.setLevel(lightning_level)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers = []  # theirs, when they were imported without a root handler
+        lg.propagate = True  # to "lightning" above, which stops there
+        lg.setLevel(logging.NOTSET)  # "lightning"'s level
+    for name in ("pytorch_lightning", "lightning_fabric"):  # the standalone packages, if installed
+        lg = logging.getLogger(name)
+        lg.handlers = [_CONSOLE]
+        lg.propagate = False
+        lg.setLevel(lightning_level)
+    if verbosity == VERBOSE:
+        return
+    # Third-party warnings: deprecations and user warnings are the libraries' business
+    # (-q: all of them); duo's own warnings stay.
+    others = r"(?!duo(\.|$))"
+    categories = (Warning,) if verbosity == QUIET else (DeprecationWarning, PendingDeprecationWarning,
+                                                         FutureWarning, UserWarning)
+    for category in categories:
+        warnings.filterwarnings("ignore", category=category, module=others)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="duo", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,11 +156,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=sorted(COMMANDS), help="what to do")
     parser.add_argument("overrides", nargs="*", help="key=value settings")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show full tracebacks")
-    ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress bars: final results and errors only")
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="full tracebacks, Lightning's INFO lines and every warning")
+    # Intermixed: -q / -v may stand before or after the command and its overrides.
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = _parse(argv)
+    verbosity = QUIET if ns.quiet else VERBOSE if ns.verbose else NORMAL
+    overrides = list(ns.overrides)
+    if ns.command in LIGHTNING_COMMANDS:
+        import lightning.pytorch  # noqa: F401  (its loggers exist before setup_console)
+
+        if verbosity == QUIET:
+            overrides += QUIET_OVERRIDES
+    setup_console(verbosity)
     try:
-        return COMMANDS[ns.command][1](ns.overrides)
+        return COMMANDS[ns.command][1](overrides)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         if ns.verbose:
             raise

@@ -1,4 +1,5 @@
-"""Run-directory side effects: metrics as JSONL, and PNG plots of the curves."""
+"""Run-directory side effects (metrics as JSONL, PNG plots of the curves) and the console's
+progress bar."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 def _scalar(v: Any) -> float | None:
@@ -20,11 +22,17 @@ class MetricsHistory(pl.Callback):
     """Keeps train/val metrics in memory, appends them to ``metrics.jsonl`` and redraws
     ``plots/training.png`` after every validation (rank 0 only)."""
 
-    def __init__(self, run_dir: str | Path, log_every: int) -> None:
+    def __init__(self, run_dir: str | Path, log_every: int, curriculum_end: int | None = None,
+                 bound: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.log_every = log_every
+        self.curriculum_end = curriculum_end  # optimiser steps in the curriculum phase, if any
+        self.bound = bound  # the validation perplexity is an upper bound (diffusion), not exact (AR)
         self.train: list[dict[str, float]] = []
         self.val: list[dict[str, float]] = []
+
+    def _plot(self) -> None:
+        plot_history(self.train, self.val, self.run_dir / "plots" / "training.png", self.curriculum_end, self.bound)
 
     def _append(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
@@ -55,13 +63,25 @@ class MetricsHistory(pl.Callback):
                 record[key.split("/", 1)[1]] = _scalar(metrics[key])
         self.val.append(record)
         self._append(record)
-        plot_history(self.train, self.val, self.run_dir / "plots" / "training.png")
+        self._plot()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            plot_history(self.train, self.val, self.run_dir / "plots" / "training.png")
+            self._plot()
             if any("round" in r for r in self.train):
                 plot_rounds(self.train, self.run_dir / "plots" / "distill_loss.png")
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with short metric names and without the logger's version
+    number: ``loss=2.31, tau=0.001, val_ppl=612`` instead of ``v_num=0, train/loss=...``."""
+
+    RENAME = {"train/phase_curriculum": "curriculum", "train/tok_per_s": "tok/s"}
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return {self.RENAME.get(k, k.removeprefix("train/").replace("/", "_")): v for k, v in items.items()}
 
 
 def read_history(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -96,18 +116,49 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def plot_history(train: list[dict], val: list[dict], path: Path) -> None:
-    """Training loss and validation perplexity bound against steps."""
+def curriculum_end_of(train: list[dict]) -> int | None:
+    """The first logged step after the curriculum phase, from the records'
+    ``phase_curriculum`` flags (None when the run had no curriculum or has not left it)."""
+    seen = False
+    for r in train:
+        if "phase_curriculum" not in r:
+            continue
+        if r["phase_curriculum"] >= 0.5:
+            seen = True
+        elif seen:
+            return int(r["step"])
+    return None
+
+
+def draw_history(train: list[dict], val: list[dict], curriculum_end: int | None = None, bound: bool = True):
+    """The figure of :func:`plot_history`: training loss and validation perplexity bound
+    against steps. ``curriculum_end`` (optimiser steps in the curriculum phase; None =
+    read from the records) is marked by a vertical line on both panels: the curriculum's
+    loss is on another scale, so the jump there is a change of phase, not a divergence.
+    ``bound=False`` labels the curves as exact likelihoods (autoregressive models)."""
+    if curriculum_end is None:
+        curriculum_end = curriculum_end_of(train)
     fig, axes = _pyplot().subplots(1, 2, figsize=(10, 3.8))
     if train:
         axes[0].plot([r["step"] for r in train if "loss" in r], [r["loss"] for r in train if "loss" in r], lw=1)
-    axes[0].set(xlabel="step", ylabel="training loss (NELBO / token)", title="training")
+    axes[0].set(xlabel="step", ylabel=f"training loss ({'NELBO' if bound else 'NLL'} / token)", title="training")
     if val:
         axes[1].plot([r["step"] for r in val], [r.get("ppl") for r in val], marker="o")
-    axes[1].set(xlabel="step", ylabel="validation perplexity (upper bound)", title="validation", yscale="log")
+    axes[1].set(xlabel="step", ylabel="validation perplexity" + (" (upper bound)" if bound else ""),
+                title="validation", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
-    _save(fig, path)
+        if curriculum_end:
+            ax.axvline(curriculum_end, color="tab:red", ls="--", lw=1, label=f"end of curriculum (step {curriculum_end})")
+    if curriculum_end:
+        axes[0].legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_history(train: list[dict], val: list[dict], path: Path, curriculum_end: int | None = None,
+                 bound: bool = True) -> None:
+    """Write :func:`draw_history`'s figure to ``path``."""
+    _save(draw_history(train, val, curriculum_end, bound), path)
 
 
 def plot_rounds(train: list[dict], path: Path) -> None:

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from ..utils.typed_config import ConfigError, save_yaml
 from ..config import TrainConfig
-from .callbacks import MetricsHistory
+from ..methods import get_method_spec
+from ..models import count_parameters
+from .callbacks import MetricsHistory, ProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import TextDataModule
 from .module import DiffusionLM
@@ -39,6 +42,7 @@ class TrainResult:
     val_ppl: float | None
     samples: list[str]
     is_global_zero: bool = True  # False in the other processes of a multi-process run
+    val_ppl_bound: bool = True  # val_ppl is an upper bound (diffusion); False: exact (autoregressive)
 
 
 def resolve_world(cfg: TrainConfig) -> tuple[str, int]:
@@ -79,8 +83,54 @@ def _precision(cfg: TrainConfig, accel: str) -> str:
     return "bf16-mixed" if accel in ("gpu", "cuda") else "32-true"
 
 
+def _curriculum_end(cfg: TrainConfig, method) -> int | None:
+    """Optimiser steps in the method's curriculum phase, when it ends within the run."""
+    steps = int(getattr(method, "curriculum_steps", 0) or 0)
+    return steps if 0 < steps < cfg.trainer.max_steps else None
+
+
+def _count(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _split_summary(name: str, dataset) -> str:
+    rows = len(dataset)
+    tokens = (dataset.meta.get("stats") or {}).get("kept_tokens", rows * dataset.seq_len)
+    return f"{name} {rows:,} rows ({_count(tokens)} tokens)"
+
+
+def summary_lines(cfg: TrainConfig, module, data, trainer: pl.Trainer, micro: int, accumulate: int,
+                  accel: str) -> list[str]:
+    """What the run is, in three lines: the model, the data, the optimisation plan."""
+    mc = module.backbone.config
+    tok = data.tokenizer
+    bundle = data.bundle
+    world = trainer.world_size
+    lines = [
+        f"model: {cfg.model_preset} {cfg.algo}, {_count(count_parameters(module.backbone))} parameters "
+        f"({mc.n_blocks} layers x {mc.hidden_size} wide, {mc.n_heads} heads, vocab {mc.vocab_size:,})",
+        f"data: {cfg.data.corpus}, tokenizer {tok.name} ({tok.vocab_size:,} ids), seq_len {cfg.data.seq_len} "
+        f"({cfg.data.packing}): {_split_summary('train', bundle.train)}, "
+        f"{_split_summary('validation', bundle.validation)}",
+    ]
+    plan = (f"training: {cfg.trainer.max_steps:,} steps of batch {cfg.trainer.batch_size} "
+            f"({micro} x {world} device{'s' if world > 1 else ''}"
+            f"{f' x {accumulate} accumulated' if accumulate > 1 else ''}) on {accel}, "
+            f"{trainer.precision}; validation every {cfg.trainer.val_every:,} steps")
+    end = _curriculum_end(cfg, module.method)
+    if end is not None:
+        plan += f"; curriculum until step {end:,}"
+    lines.append(plan)
+    lines.append(f"checkpoints: {Path(cfg.run_dir) / 'checkpoints'} (every {cfg.trainer.ckpt_every:,} steps and last.ckpt)")
+    return lines
+
+
 def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
-                 extra_callbacks: list | None = None) -> pl.Trainer:
+                 extra_callbacks: list | None = None, curriculum_end: int | None = None) -> pl.Trainer:
     tc = cfg.trainer
     loggers = []
     if "csv" in tc.loggers:
@@ -95,13 +145,13 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
             dirpath=run_dir / "checkpoints", filename="step_{step}", auto_insert_metric_name=False,
             every_n_train_steps=tc.ckpt_every, save_top_k=-1, save_last=True,
         ),
-        MetricsHistory(run_dir, tc.log_every),
+        MetricsHistory(run_dir, tc.log_every, curriculum_end, bound=not get_method_spec(cfg.algo).causal),
         *(extra_callbacks or []),
     ]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if tc.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, tc.log_every // 2)))
+        callbacks.append(ProgressBar(refresh_rate=max(1, tc.log_every // 2)))
     return pl.Trainer(
         default_root_dir=run_dir,
         accelerator=accel,
@@ -136,6 +186,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:  # other processes of a launched run have RANK/LOCAL_RANK set
+        log.info("run directory: %s", run_dir)
     accel, world = resolve_world(cfg)
     micro, accumulate = batch_plan(cfg, world)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -151,14 +203,16 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
                          init_weights=init_weights, metadata=metadata)
     data.check_model(module.backbone)
 
-    trainer = make_trainer(cfg, run_dir, accumulate, accel, callbacks)
+    trainer = make_trainer(cfg, run_dir, accumulate, accel, callbacks, _curriculum_end(cfg, module.method))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.trainer.resume and last.is_file() else None
     if trainer.is_global_zero:
         save_yaml(cfg.to_dict(), run_dir / "config.yaml")
         tokenizer.save(run_dir / "tokenizer")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.trainer.resume and last.is_file() else None
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
+        for line in summary_lines(cfg, module, data, trainer, micro, accumulate, accel):
+            log.info(line)
+        if ckpt_path:
+            log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     val = trainer.validate(module, datamodule=data, verbose=False)  # every rank: it is collective
@@ -177,5 +231,6 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
         val_ppl=math.exp(min(nelbo, 50.0)) if nelbo is not None else None,
         samples=samples,
         is_global_zero=trainer.is_global_zero,
+        val_ppl_bound=not get_method_spec(cfg.algo).causal,
     )
 
