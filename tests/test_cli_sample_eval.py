@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from duo.cli import main
-from duo.commands.sample import pick_sampler
+from duo.evaluation import pick_sampler
 
 from conftest import write_tiny_corpus
 from test_evaluation import loaded_runs, save_hf_judge, tiny_runs  # noqa: F401  (session fixtures)
@@ -91,7 +91,13 @@ def test_eval_zero_shot_on_a_local_file(tiny_runs, capsys, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["sample", "{duo}", "sampler=foo"], "unknown sampler 'foo'; valid samplers: ancestral"),
-    (["sample", "{duo}", "steps=0"], "steps=0 must be >= 1"),
+    (["sample", "{duo}", "steps=0"], "steps=0 must be an integer >= 1"),
+    (["sample", "{duo}", "batch_size=0"], "batch_size=0 must be an integer >= 1"),
+    (["sample", "{duo}", "seq_len=0"], "seq_len=0 must be an integer >= 1"),
+    (["sample", "{duo}", "sampler=psi", "eta=5"], "eta=5.0 must lie in [0, 1]"),
+    (["sample", "{duo}", "top_p=0"], "top_p=0.0 must lie in (0, 1]"),
+    (["sample", "{duo}", "protocol=official"], "protocol='official' is unknown; valid protocols: ours, paper"),
+    (["sample", "{duo}", "sampler=psi", "kappa_mode=fast", "eta=0.1"], "kappa_mode='fast' is unknown"),
     (["sample", "{duo}", "prefix=" + "the model learns " * 20], "longer than the sequence"),
     (["sample", "{duo}", "sampler=mdlm"], "does not fit a duo checkpoint"),
     (["sample", "{duo}", "eta=0.1"], "apply to sampler=psi"),
@@ -110,3 +116,27 @@ def test_bad_input_is_a_one_line_error(args, message, tiny_runs, capsys, tmp_pat
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"duo {args[0]}: error: ") and message in lines[0], err
+
+
+def test_one_sampling_config_behind_cli_eval_and_python(tiny_runs, loaded_runs, capsys, tmp_path):
+    from duo.evaluation import sample
+    from duo.samplers import SamplingConfig
+
+    out_file = tmp_path / "paper.jsonl"
+    code, _, err = run(capsys, "sample", f"checkpoint={tiny_runs['duo']}", "steps=3", "num_samples=2",
+                       "protocol=paper", "sampler=greedy_tail", "seed=7", f"out={out_file}")
+    assert code == 0, err
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert {r["nfe"] for r in records} == {4} and {r["protocol"] for r in records} == {"paper"}
+    # the Python API with the same SamplingConfig gives the same tokens
+    gen = sample(loaded_runs["duo"], SamplingConfig(steps=3, num_samples=2, protocol="paper",
+                                                    sampler="greedy_tail", seed=7))
+    assert gen.tokens.tolist() == [r["tokens"] for r in records] and gen.nfe == 4
+    code, _, err = run(capsys, "eval", f"checkpoint={tiny_runs['duo']}", "metrics=ppl,gen-ppl",
+                       f"judge={tiny_runs['ar']}", "num_samples=2", "steps=3", "protocol=paper",
+                       "max_batches=1", f"out={tmp_path / 'res'}")
+    assert code == 0, err
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert results["gen_ppl"]["nfe"] == 4 and results["gen_ppl"]["protocol"] == "paper"
+    ppl = results["ppl"]
+    assert ppl["diffusion_ppl"] is not None and ppl["diffusion_ppl"] <= ppl["ppl"]

@@ -18,6 +18,7 @@ from .utils.typed_config import ConfigError, from_dict, load_yaml, merge, parse_
 from .data.config import DataConfig
 from .methods import get_method_spec
 from .models import MODEL_PRESETS, ModelConfig
+from .samplers import SamplingConfig
 
 
 # What Lightning's ModelParallelStrategy (under trainer.strategy=fsdp) accepts.
@@ -87,22 +88,6 @@ class TrainerConfig:
 
 
 @dataclass
-class SampleConfig:
-    """Samples decoded at the end of training (and by default in ``duo sample``)."""
-
-    num_samples: int = 4
-    steps: int = 128
-    sampler: str = "ancestral"
-
-    def validate(self) -> "SampleConfig":
-        if self.num_samples < 0:
-            raise ConfigError(f"sample.num_samples={self.num_samples} must be >= 0")
-        if self.steps < 1:
-            raise ConfigError(f"sample.steps={self.steps} must be >= 1")
-        return self
-
-
-@dataclass
 class TrainConfig:
     algo: str
     algo_cfg: Any
@@ -110,7 +95,7 @@ class TrainConfig:
     model: ModelConfig
     data: DataConfig
     trainer: TrainerConfig
-    sample: SampleConfig
+    sample: SamplingConfig  # the samples decoded at the end of training
     run_dir: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +173,12 @@ def _assemble(d: dict[str, Any]) -> TrainConfig:
     data = from_dict(DataConfig, dict(d.get("data", {})), prefix="data.")
     data.validate()
     trainer = from_dict(TrainerConfig, dict(d.get("trainer", {})), prefix="trainer.").validate()
-    sample = from_dict(SampleConfig, dict(d.get("sample", {})), prefix="sample.").validate()
+    # End-of-training samples: 128 steps unless set (the samplers' own default is 1,024).
+    sample = from_dict(SamplingConfig, {"steps": 128, **dict(d.get("sample", {}))}, prefix="sample.")
+    try:
+        sample.validate()
+    except ValueError as err:
+        raise ConfigError(f"sample.{err}") from None
     run_dir = d.get("run_dir") or default_run_dir(algo)
     if not isinstance(run_dir, (str, Path)):
         raise ConfigError(f"run_dir={run_dir!r} must be a path")

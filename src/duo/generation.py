@@ -63,8 +63,12 @@ def generate_tokens(
     device: torch.device | str | None = None,
     return_intermediates: bool = False,
     progress: bool = False,
+    protocol: str = "ours",
 ) -> tuple[Tensor, int, list[Tensor] | None]:
-    """Token ids (B, L), network evaluations and optional intermediate states."""
+    """Token ids (B, L), network evaluations and optional intermediate states.
+
+    ``protocol="paper"`` runs the official code's grid (``steps`` reverse steps, then one
+    noise-removal call: ``steps + 1`` network evaluations; MATH.md 11)."""
     name = resolve_sampler(method, sampler)
     options = dict(options or {})
     device = device or next(method.backbone.parameters()).device
@@ -95,7 +99,7 @@ def generate_tokens(
             get_sampler(name, **options), _denoiser(method), schedule or method.schedule,
             batch_size=num_samples, seq_len=seq_len, vocab_size=method.vocab_size, steps=steps,
             seed=seed, device=device, clamp=cond, return_intermediates=return_intermediates,
-            progress=progress,
+            progress=progress, protocol=protocol,
         )
     finally:
         method.backbone.train(was_training)

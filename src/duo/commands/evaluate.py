@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sample import check_steps, parse_args, pick_sampler, resolve_device, sampler_options
+from ..samplers import SamplingConfig
+from .common import parse_args, require_checkpoint, resolve_device
 
 METRICS = ("ppl", "zero-shot", "gen-ppl")
 
@@ -21,22 +22,10 @@ class EvalArgs:
     data: str | None = None  # ppl corpus: default the checkpoint's
     split: str | None = None
     corpora: str | None = None  # zero-shot: comma list; default the paper's seven
-    seq_len: int | None = None
-    batch_size: int = 16
     max_batches: int | None = None
     max_documents: int | None = None
     judge: str = "gpt2-large"  # offline: an ar run directory
     judge_max_length: int | None = None
-    sampler: str | None = None
-    steps: int | None = None
-    num_samples: int = 16
-    top_p: float | None = None
-    top_k: int | None = None
-    eta: float | None = None
-    kappa: float | None = None
-    kappa_mode: str = "remdm-rescale"
-    temperature: float | None = None
-    seed: int = 0
     device: str = "auto"
     out: str | None = None
     use_ema: bool = True
@@ -52,22 +41,23 @@ def parse_metrics(text: str) -> list[str]:
 
 def main(args: list[str]) -> int:
     from ..checkpoints import load_checkpoint
-    from ..evaluation import (ZERO_SHOT_CORPORA, corpus_perplexity, load_judge, markdown_table, run_dir_of,
-                              sample_quality, write_results, zero_shot)
+    from ..evaluation import (ZERO_SHOT_CORPORA, corpus_perplexity, load_judge, markdown_table, plan_sampling,
+                              run_dir_of, sample_quality, write_results, zero_shot)
 
-    a = parse_args(EvalArgs, args, "eval")
+    # The sampling keys (also seq_len, batch_size and seed of the perplexity metrics) are
+    # SamplingConfig's; eval draws 16 samples in batches of 16 unless told otherwise.
+    a, sampling = parse_args(args, "eval", EvalArgs, SamplingConfig(num_samples=16, batch_size=16))
+    require_checkpoint(a.checkpoint, "eval")
     metrics = parse_metrics(a.metrics)
-    check_steps(a.steps)
-    if a.batch_size < 1 or a.num_samples < 1:
-        raise ValueError(f"batch_size={a.batch_size} and num_samples={a.num_samples} must be >= 1")
+    if sampling.num_samples < 1:
+        raise ValueError(f"num_samples={sampling.num_samples} must be >= 1")
     device = resolve_device(a.device)
     loaded = load_checkpoint(a.checkpoint, use_ema=a.use_ema, device=device)
-    common = dict(seq_len=a.seq_len, batch_size=a.batch_size, max_batches=a.max_batches,
-                  max_documents=a.max_documents, seed=a.seed, device=device)
-    judge = sampler = steps = options = None
+    common = dict(seq_len=sampling.seq_len, batch_size=sampling.batch_size, max_batches=a.max_batches,
+                  max_documents=a.max_documents, seed=sampling.seed, device=device)
+    judge = plan = None
     if "gen-ppl" in metrics:  # every user error before any long computation
-        sampler, steps = pick_sampler(loaded, a.sampler, a.steps)
-        options = sampler_options(sampler, a)
+        plan = plan_sampling(loaded, sampling)
         judge = load_judge(a.judge, device)
     results: dict = {"checkpoint": str(loaded.path), "algo": loaded.algo}
     if "ppl" in metrics:
@@ -77,9 +67,7 @@ def main(args: list[str]) -> int:
         found = zero_shot(loaded, names, split=a.split, **common)
         results["zero_shot"] = {name: r.to_dict() for name, r in found.items()}
     if judge is not None:
-        quality = sample_quality(loaded, judge, sampler=sampler, steps=steps, num_samples=a.num_samples,
-                                 batch_size=a.batch_size, seq_len=a.seq_len, seed=a.seed, options=options,
-                                 judge_batch_size=a.batch_size, device=device,
+        quality = sample_quality(loaded, judge, plan, judge_batch_size=sampling.batch_size, device=device,
                                  judge_max_length=a.judge_max_length)
         results["gen_ppl"] = quality.to_dict()
     out_dir = Path(a.out) if a.out else run_dir_of(loaded.path) / "eval"

@@ -16,14 +16,16 @@ from .genppl import GenPPLResult, encode_for_judge, generative_perplexity, unigr
 from .judges import CheckpointLM, EvalLM, HFCausalLM, load_judge
 from .perplexity import PerplexityResult, corpus_perplexity, perplexity
 from .report import markdown_table, run_dir_of, write_results
-from .sampling import SampleQuality, SamplingStats, generate_batched, sample_quality, sampling_stats
+from .sampling import (SampleQuality, SamplingPlan, SamplingStats, generate_batched, pick_sampler, plan_sampling,
+                       sample, sample_quality, sampling_stats)
 from .zero_shot import ZERO_SHOT_CORPORA, Skipped, zero_shot
 
 __all__ = [
     "ALL", "ZERO_SHOT_CORPORA",
     "CheckpointLM", "EvalData", "EvalLM", "GenPPLResult", "HFCausalLM", "PerplexityResult",
     "SampleQuality", "SamplingStats", "Skipped",
-    "corpus_perplexity", "encode_for_judge", "eval_data", "generate_batched", "generative_perplexity",
+    "SamplingPlan", "pick_sampler", "plan_sampling", "sample", "corpus_perplexity", "encode_for_judge",
+    "eval_data", "generate_batched", "generative_perplexity",
     "load_judge", "markdown_table", "perplexity", "run_dir_of", "sample_quality", "sampling_stats",
     "unigram_entropy", "write_results", "zero_shot",
 ]

@@ -40,11 +40,16 @@ def markdown_table(results: dict[str, Any]) -> str:
     rows = [["metric", "value", "details"]]
     if "ppl" in results:
         rows.append(_ppl_row("perplexity", results["ppl"]))
+        if results["ppl"].get("diffusion_ppl") is not None:  # what the papers report
+            rows.append(["perplexity, diffusion term", f"<= {results['ppl']['diffusion_ppl']:.2f}",
+                         "exp of the NELBO's diffusion term alone (the papers' number; prior and "
+                         "reconstruction left out)"])
     for name, r in results.get("zero_shot", {}).items():
         rows.append(_ppl_row(f"zero-shot {Path(name).name}", r))
     if "gen_ppl" in results:
         g = results["gen_ppl"]
-        setting = f"{g['sampler']}, {g['steps'] if g['steps'] is not None else 'default'} steps"
+        setting = (f"{g['sampler']}, {g['steps'] if g['steps'] is not None else 'default'} steps, "
+                   f"nfe {g['nfe']}, {g.get('protocol', 'ours')} protocol")
         rows.append(["gen ppl", f"{g['gen_ppl']:.2f}", f"judge {g['judge']}; {g['num_samples']} samples x "
                      f"{g['seq_len']} tokens; {setting}"])
         rows.append(["entropy", f"{g['entropy']:.3f}", "mean unigram entropy per sample (nats)"])

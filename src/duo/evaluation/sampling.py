@@ -1,15 +1,18 @@
-"""Sampling in batches, with throughput, and the sample-quality metrics (Gen PPL + entropy)."""
+"""Sampling a loaded model from a :class:`SamplingConfig` (the one entry point behind
+``duo sample``, ``duo eval`` and the Python API), in batches, with throughput, and the
+sample-quality metrics (Gen PPL + entropy)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from ..generation import Generation, generate_text, resolve_sampler
-from .genppl import GenPPLResult, generative_perplexity, unigram_entropy
+from ..samplers import SamplingConfig
 from ..utils.seeding import derive_seed
+from .genppl import GenPPLResult, decode_keeping_eos, generative_perplexity, unigram_entropy
 from .judges import EvalLM
 
 
@@ -42,7 +45,8 @@ def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None,
     parts: list[Generation] = []
     for i, start in enumerate(range(0, num_samples, batch_size)):
         n = min(batch_size, num_samples - start)
-        parts.append(generate_text(method, tok, num_samples=n, seed=seed if i == 0 else derive_seed(seed, i), **kwargs))
+        batch_seed = seed if i == 0 else derive_seed(seed, i)
+        parts.append(generate_text(method, tok, num_samples=n, seed=batch_seed, **kwargs))
     inter = None
     if all(p.intermediates is not None for p in parts):
         inter = [torch.cat(states) for states in zip(*(p.intermediates for p in parts))]
@@ -68,26 +72,96 @@ class SampleQuality:
         return {**self.gen_ppl.to_dict(), "entropy": self.entropy, **self.stats.to_dict()}
 
 
+@dataclass
+class SamplingPlan:
+    """A :class:`SamplingConfig` resolved against a loaded model, before any work: the
+    sampler and steps (the checkpoint's recorded defaults where unset), its options, the
+    sequence length and the encoded prefix / suffix."""
+
+    config: SamplingConfig
+    sampler: str
+    steps: int | None
+    options: dict[str, Any]
+    seq_len: int
+    prefix: list[int] = field(default_factory=list)
+    suffix: list[int] = field(default_factory=list)
+
+
+def pick_sampler(loaded, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+    """The requested sampler and steps, else the checkpoint's recorded defaults."""
+    meta = loaded.metadata or {}
+    name = resolve_sampler(loaded.method, sampler or meta.get("sampler"))
+    if steps is None and sampler in (None, meta.get("sampler")):
+        steps = meta.get("steps")
+    return name, steps
+
+
+def plan_sampling(loaded, config: SamplingConfig) -> SamplingPlan:
+    """Every check that needs the model (sampler fits, lengths fit), none that costs time."""
+    config.validate()
+    sampler, steps = pick_sampler(loaded, config.sampler, config.steps)
+    options = config.options(sampler)
+    tok = loaded.tokenizer
+    prefix = list(tok.encode(config.prefix)) if config.prefix else []
+    suffix = list(tok.encode(config.suffix)) if config.suffix else []
+    seq_len = config.seq_len or loaded.cfg.data.seq_len
+    limit = loaded.cfg.model.max_seq_len
+    if seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} must be in [1, {limit}] (the model's maximum length)")
+    bos = 1 if loaded.method.process.autoregressive else 0
+    if bos + len(prefix) + len(suffix) > seq_len:
+        raise ValueError(f"prefix/suffix of {bos + len(prefix) + len(suffix)} tokens is longer than the "
+                         f"sequence (seq_len={seq_len}); shorten it or raise seq_len")
+    return SamplingPlan(config, sampler, steps, options, seq_len, prefix, suffix)
+
+
+def sample(loaded, config: SamplingConfig | SamplingPlan | None = None, *,
+           device: torch.device | str | None = None, return_intermediates: bool = False,
+           progress: bool = False) -> Generation:
+    """Generate ``config.num_samples`` texts from a loaded model (see :class:`SamplingConfig`)."""
+    plan = config if isinstance(config, SamplingPlan) else plan_sampling(loaded, config or SamplingConfig())
+    cfg = plan.config
+    if cfg.num_samples < 1:
+        raise ValueError(f"num_samples={cfg.num_samples} must be >= 1")
+    device = torch.device(device) if device is not None else next(loaded.backbone.parameters()).device
+
+    def ids(tokens: list[int]):
+        return torch.tensor(tokens, dtype=torch.long, device=device) if tokens else None
+
+    return generate_batched(
+        loaded, num_samples=cfg.num_samples, batch_size=cfg.batch_size, seed=cfg.seed, seq_len=plan.seq_len,
+        sampler=plan.sampler, steps=plan.steps, options=plan.options, device=device,
+        prefix=ids(plan.prefix), suffix=ids(plan.suffix), return_intermediates=return_intermediates,
+        progress=progress, protocol=cfg.protocol,
+    )
+
+
 def sample_quality(
     loaded,
     judge: EvalLM,
+    config: SamplingConfig | SamplingPlan | None = None,
     *,
-    sampler: str | None = None,
-    steps: int | None = None,
-    num_samples: int = 16,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    seed: int = 0,
-    options: dict[str, Any] | None = None,
     judge_batch_size: int = 8,
     judge_max_length: int | None = None,
     device: torch.device | str | None = None,
+    **fields: Any,
 ) -> SampleQuality:
-    """Generate, then score: Gen PPL under ``judge``, unigram entropy, throughput."""
-    name = resolve_sampler(loaded.method, sampler)
-    gen = generate_batched(loaded, num_samples=num_samples, batch_size=batch_size, seed=seed,
-                           seq_len=seq_len or loaded.cfg.data.seq_len, sampler=name, steps=steps,
-                           options=options, device=device)
-    scored = generative_perplexity(gen.texts, judge, batch_size=judge_batch_size,
-                                   max_length=judge_max_length)
-    return SampleQuality(scored, unigram_entropy(gen.tokens), sampling_stats(gen, name, steps), gen.texts)
+    """Generate, then score: Gen PPL under ``judge``, unigram entropy, throughput.
+
+    ``config`` (or its fields as keywords, e.g. ``steps=64``) says what to generate. Under
+    ``protocol="paper"`` the samples keep their EOS text and are scored as the official
+    code scores them (MATH.md 11), one generated batch at a time."""
+    if config is None:
+        config = SamplingConfig(**{"num_samples": 16, **fields})
+    elif fields:
+        raise ValueError(f"pass a SamplingConfig or its fields, not both (got {sorted(fields)})")
+    plan = config if isinstance(config, SamplingPlan) else plan_sampling(loaded, config)
+    gen = sample(loaded, plan, device=device)
+    paper = plan.config.protocol == "paper"
+    texts = decode_keeping_eos(loaded.tokenizer, gen.tokens, getattr(loaded.method, "mask_id", None)) \
+        if paper else gen.texts
+    scored = generative_perplexity(
+        texts, judge, batch_size=(plan.config.batch_size or len(texts)) if paper else judge_batch_size,
+        max_length=judge_max_length or (plan.seq_len if paper else None), protocol=plan.config.protocol)
+    stats = sampling_stats(gen, plan.sampler, plan.steps)
+    return SampleQuality(scored, unigram_entropy(gen.tokens), stats, gen.texts)

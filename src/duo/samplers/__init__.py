@@ -14,13 +14,14 @@ from .loop import generate
 from .mixture import Mixture, inverse_cdf
 from .psi import KAPPA_RULES, KappaRule, PsiSampler
 from .registry import SAMPLERS, SamplerSpec, check_fits, get_sampler, samplers_for
+from .config import SamplingConfig
 from .processes import PROCESSES, AbsorbingProcess, UniformProcess, get_process
 from .workspace import Workspace
 
 __all__ = [
     "KAPPA_RULES", "PHASES", "PROCESSES", "SAMPLERS", "TAILS",
     "ARSampler", "AbsorbingProcess", "AncestralSampler", "Conditioning", "Denoiser",
-    "GenerationOutput", "KappaRule", "SamplerSpec", "check_fits", "samplers_for", "Mixture", "PsiSampler", "Sampler", "StepOutput", "StepTime",
+    "GenerationOutput", "KappaRule", "SamplerSpec", "SamplingConfig", "check_fits", "samplers_for", "Mixture", "PsiSampler", "Sampler", "StepOutput", "StepTime",
     "Thresholds", "TimeGrid", "UniformProcess", "Workspace",
     "filter_probs", "generate", "generate_ar", "get_process", "get_sampler",
     "inverse_cdf", "reverse_step", "row_thresholds", "step_probs", "time_grid",

@@ -6,7 +6,7 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-from ..generation import generate_text
+from ..generation import generate_text, resolve_sampler
 from ..samplers import SAMPLERS
 from ..utils.io import atomic_write_text
 
@@ -18,10 +18,13 @@ def sample_texts(module, tokenizer, sample_cfg, run_dir: Path | None) -> list[st
     if sampler is not None and method.process.kind not in SAMPLERS[sampler].processes:
         sampler = None  # e.g. a config's "ancestral" for an mdlm / ar run: the method's own default
     ema = module.ema.swapped_in(module.backbone) if module.ema is not None else nullcontext()
+    name = resolve_sampler(method, sampler)
     with ema:
         gen = generate_text(
-            method, tokenizer, num_samples=sample_cfg.num_samples, seq_len=module.cfg.data.seq_len,
-            sampler=sampler, steps=sample_cfg.steps, seed=0,
+            method, tokenizer, num_samples=sample_cfg.num_samples,
+            seq_len=sample_cfg.seq_len or module.cfg.data.seq_len, sampler=name, steps=sample_cfg.steps,
+            seed=sample_cfg.seed, options=sample_cfg.options(name), protocol=sample_cfg.protocol,
+            prompt=sample_cfg.prefix,
         )
     if run_dir is None:
         return gen.texts
