@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,9 @@ def _train_backend(corpus: Corpus, vocab_size: int, max_documents: int | None, s
         min_frequency=2,
         special_tokens=[BPETokenizer.BOS, BPETokenizer.EOS, BPETokenizer.PAD],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=show_progress,
+        # The Rust progress bar writes bare newlines when stderr is not a terminal (logs,
+        # CI, pipes): a run's first screen would open with blank lines.
+        show_progress=show_progress and sys.stderr.isatty(),
     )
     docs = corpus.documents("train")  # never validation: the tokenizer must not see held-out text
     n = len(docs) if max_documents is None else min(len(docs), max_documents)
