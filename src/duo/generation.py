@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .samplers import Conditioning, check_fits, generate, generate_ar, get_sampler
+from .samplers import Conditioning, check_fits, generate, get_sampler
 
 
 @dataclass
@@ -77,8 +77,16 @@ def generate_tokens(
     if name == "ar":
         if suffix is not None or clamp is not None:
             raise ValueError("the autoregressive sampler only conditions on a prefix")
-        out = generate_ar(method.next_token_logits, batch_size=num_samples, seq_len=seq_len,
-                          prefix=prefix, seed=seed, device=device, progress=progress, **options)
+        bos_id = options.pop("bos_id", None)
+        was_training = method.backbone.training
+        method.backbone.eval()
+        try:
+            out = get_sampler(name, **options).generate(
+                method.next_token_logits, batch_size=num_samples, seq_len=seq_len, prefix=prefix,
+                seed=seed, device=device, progress=progress, bos_id=bos_id,
+                decoder=method if hasattr(method, "decode") else None)
+        finally:
+            method.backbone.train(was_training)
         return out.tokens, out.nfe, None
     if method.process.masked:
         options.setdefault("mask_id", method.mask_id)

@@ -39,6 +39,15 @@ class ArMethod:
         """Sampler contract: ids (B, L') -> logits (B, L', K)."""
         return self._mask(self.backbone(ids, None).float())
 
+    def new_cache(self, batch: int, max_len: int, device=None):
+        """A key/value cache for :meth:`decode` (sampler contract for cached decoding)."""
+        return self.backbone.new_cache(batch, max_len, device)
+
+    def decode(self, ids: Tensor, cache) -> Tensor:
+        """Logits (B, n, K) of new ids (B, n) after the cached positions; equals
+        :meth:`next_token_logits` on the whole sequence at those positions."""
+        return self._mask(self.backbone.decode(ids, cache))
+
     def _mask(self, logits: Tensor) -> Tensor:
         if not self.masked_logit_ids:
             return logits

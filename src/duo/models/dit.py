@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,16 @@ from duo.models.layers import (
 
 ModelInput = Tensor | tuple[Tensor, Tensor]
 VOCAB_ALIGN = 64  # the output layer's rows are padded to this multiple on CUDA
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the positions a causal DiT has seen, per block: each
+    ``(B, max_len, H, d)``, filled up to ``length``. Made by :meth:`DiT.new_cache`."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    length: int = 0
 
 
 class DiTBlock(nn.Module):
@@ -60,6 +72,26 @@ class DiTBlock(nn.Module):
             h = modulate(h, shift_mlp, scale_mlp)
         h = F.dropout(self.mlp(h), self.dropout, self.training)
         return x + (gate_mlp * h if self.adaLN_modulation is not None else h)
+
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor,
+               start: int) -> Tensor:
+        """The causal block on new positions ``[start, start + n)`` (x: (B, n, D)), writing
+        their keys and values into ``keys`` / ``values`` (B, max_len, H, d), which already
+        hold those of ``[0, start)``; cos / sin: (n, d) of the new positions."""
+        b, n, dim = x.shape
+        q, k, v = self.attn_qkv(self.norm1(x)).view(b, n, 3, self.n_heads, dim // self.n_heads).unbind(2)
+        keys[:, start:start + n] = apply_rotary(k, cos, sin)
+        values[:, start:start + n] = v
+        end = start + n
+        # A new position sees every cached one and the new ones up to itself.
+        mask = None if n == 1 else (torch.arange(start, end, device=x.device)[:, None]
+                                    >= torch.arange(end, device=x.device)[None, :])
+        h = F.scaled_dot_product_attention(
+            apply_rotary(q, cos, sin).transpose(1, 2), keys[:, :end].transpose(1, 2),
+            values[:, :end].transpose(1, 2), attn_mask=mask,
+        ).transpose(1, 2).reshape(b, n, dim)
+        x = x + self.attn_out(h)
+        return x + self.mlp(self.norm2(x))
 
 
 class FinalLayer(nn.Module):
@@ -165,6 +197,36 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, cos, sin, c)
         return h, c
+
+    def new_cache(self, batch: int, max_len: int | None = None, device: torch.device | str | None = None
+                  ) -> KVCache:
+        """An empty key/value cache for :meth:`decode` (causal models only)."""
+        if not self.config.causal:
+            raise ValueError("DiT.new_cache: a key/value cache needs a causal model (the AR baseline)")
+        max_len = max_len or self.config.max_seq_len
+        self._check_length(max_len)
+        param = self.vocab_embed.embedding
+        heads = self.config.n_heads
+        shape = (batch, max_len, heads, self.config.hidden_size // heads)
+        make = lambda: torch.empty(shape, dtype=param.dtype, device=device or param.device)  # noqa: E731
+        return KVCache([make() for _ in self.blocks], [make() for _ in self.blocks])
+
+    def decode(self, ids: Tensor, cache: KVCache) -> Tensor:
+        """Logits (B, n, K) in float32 of new ids (B, n) that follow the ``cache.length``
+        positions already in ``cache``; their keys and values join the cache. Equals
+        ``forward`` on the whole sequence at those positions (causal models only)."""
+        start, n = cache.length, ids.shape[1]
+        if start + n > cache.keys[0].shape[1]:
+            raise ValueError(f"DiT.decode: {start + n} positions exceed the cache's "
+                             f"{cache.keys[0].shape[1]}; make a longer cache")
+        self._check_range(ids)
+        h = self.vocab_embed.from_ids(ids).to(self.vocab_embed.embedding.dtype)
+        cos, sin = self.rotary_emb.cos_sin(start + n, h.device)
+        cos, sin = cos[start:], sin[start:]
+        for block, keys, values in zip(self.blocks, cache.keys, cache.values):
+            h = block.decode(h, cos, sin, keys, values, start)
+        cache.length = start + n
+        return self.output_layer(h, None).float()
 
     def _condition(self, sigma: Tensor | None, batch: int, device: torch.device
                    ) -> Tensor | None:
