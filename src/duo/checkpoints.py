@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,53 @@ from .loading import LoadedModel, build_loaded
 from .utils.io import atomic_path
 from .utils.typed_config import load_yaml, save_yaml
 
-__all__ = ["LoadedModel", "build_loaded", "export_pretrained", "load_checkpoint", "load_pretrained",
-           "load_published", "read_checkpoint", "resolve_checkpoint"]
+__all__ = ["LoadedModel", "build_loaded", "export_pretrained", "find_resumable", "load_checkpoint",
+           "load_pretrained", "load_published", "read_checkpoint", "resolve_checkpoint", "tensor_checksum",
+           "verify_checksum"]
+
+log = logging.getLogger("duo")
+CHECKSUM_ALGORITHM = "sha256"
+
+
+def _walk_tensors(obj: Any, prefix: str = ""):
+    """``(key path, tensor)`` for every tensor in nested dicts / lists, in storage order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk_tensors(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk_tensors(v, f"{prefix}/{i}")
+
+
+def tensor_checksum(checkpoint: dict[str, Any]) -> str:
+    """sha256 over every tensor of a checkpoint (weights, EMA, optimiser state; not the
+    ``duo`` metadata), with its key path, dtype and shape, in key order."""
+    h = hashlib.sha256()
+    for key, t in _walk_tensors({k: v for k, v in checkpoint.items() if k != "duo"}):
+        t = t.detach()
+        if hasattr(t, "full_tensor"):  # a DTensor: the whole tensor, as a single file stores it
+            t = t.full_tensor()
+        t = t.cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def verify_checksum(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Raise a one-line ValueError when the tensors do not match the checksum stored at
+    save time. Checkpoints written before checksums existed pass unchecked."""
+    meta = checkpoint.get("duo") if isinstance(checkpoint, dict) else None
+    stored = meta.get("checksum") if isinstance(meta, dict) else None
+    if not stored:
+        return
+    if tensor_checksum(checkpoint) != stored.get("digest"):
+        raise ValueError(
+            f"checkpoint {str(path)!r} fails its checksum: its weights were damaged after it was written "
+            "(disk or copy error); use another checkpoint of the run (checkpoints/step_*.ckpt) or copy it again"
+        )
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -46,10 +94,54 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True`` and a clear error for corrupt files."""
     p = resolve_checkpoint(path)
+    if p.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(p)!r} is empty (a write was interrupted); use another checkpoint of the run")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # unreadable (permissions, I/O): the CLI names the path and the cause
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a torch checkpoint ({type(err).__name__})") from None
+        raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a torch checkpoint ({_reason(err)})") from None
+
+
+def _reason(err: Exception) -> str:
+    """Why torch could not read a file, in a few words (never its weights_only advice)."""
+    text = str(err)
+    if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+        return "it holds Python objects beyond tensors and plain data, which duo refuses to unpickle"
+    if "central directory" in text or "PytorchStreamReader" in text or isinstance(err, EOFError):
+        return "truncated or damaged file"
+    return type(err).__name__
+
+
+_STEP = re.compile(r"step[_=-]?(\d+)")
+
+
+def find_resumable(directory: str | Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint in ``directory`` that loads and verifies (any ``*.ckpt``
+    name), its contents, and one line per newer file that was skipped and why."""
+    d = Path(directory)
+    if not d.is_dir():
+        return None, None, []
+    files = [p for p in d.glob("*.ckpt") if p.is_file()]
+    # Newest first: by modification time, the step in the name breaking ties (last.ckpt
+    # and step_N.ckpt of the same step are written within the same second).
+    def order(p: Path):
+        m = _STEP.search(p.stem)
+        return (p.stat().st_mtime_ns, p.name == "last.ckpt", int(m.group(1)) if m else -1)
+
+    skipped: list[str] = []
+    for p in sorted(files, key=order, reverse=True):
+        try:
+            ckpt = read_checkpoint(p)
+            if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+                raise ValueError(f"checkpoint {str(p)!r} is not a training checkpoint (no state_dict)")
+            verify_checksum(ckpt, p)
+        except ValueError as err:
+            skipped.append(str(err))
+            continue
+        return p, ckpt, skipped  # newest first: the first good one is the one to resume
+    return None, None, skipped
 
 
 def _tokenizer_from_files(files: dict[str, str]):
@@ -75,6 +167,8 @@ def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,
 
     if str(path).startswith(interop.hub.HUB_PREFIX):
         path = interop.resolve_hub(str(path))
+    if interop.is_duo_export(Path(path).expanduser()):  # duo export RUN OUT (config.json + duo_config)
+        return interop.load_export(path, tokenizer=tokenizer, device=device, algo=algo)
     if interop.is_hf_folder(Path(path).expanduser()):
         return interop.load_official(path, algo=algo, weights="ema" if use_ema else "raw",
                                      tokenizer=tokenizer, device=device)
@@ -87,6 +181,8 @@ def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,
         if not interop.is_torch_zip(p):
             raise
         ckpt = None  # pickled objects beyond tensors: an official checkpoint, read restrictedly
+    if ckpt is not None:
+        verify_checksum(ckpt, p)
     if ckpt is None or (ckpt.get("duo") is None and interop.looks_official(ckpt)):
         return interop.load_official(p, algo=algo, weights="ema" if use_ema else "raw",
                                      tokenizer=tokenizer, device=device)
@@ -115,8 +211,10 @@ def export_pretrained(loaded: LoadedModel, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in loaded.backbone.state_dict().items()}
+    digest = tensor_checksum({"state_dict": dict(sorted(state.items()))})  # safetensors reorders keys
     with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "algo": loaded.algo})
+        save_file(state, str(tmp), metadata={"format": "pt", "algo": loaded.algo,
+                                             "duo_checksum": f"{CHECKSUM_ALGORITHM}:{digest}"})
     save_yaml({**loaded.cfg.to_dict(), "metadata": loaded.metadata}, out / "config.yaml")
     loaded.tokenizer.save(out / "tokenizer")
     return out
@@ -133,9 +231,31 @@ def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
     metadata = data.pop("metadata", {}) or {}
     cfg = build_config(data)
     tok = load_tokenizer(d / "tokenizer")
-    loaded = build_loaded(cfg, tok, load_file(str(d / "model.safetensors")), None, d, metadata)
+    loaded = build_loaded(cfg, tok, read_safetensors(d / "model.safetensors"), None, d, metadata)
     loaded.backbone.to(device)
     return loaded
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors state dict, verified against the checksum :func:`export_pretrained`
+    stores in its metadata (files without one load unchecked)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            stored = (f.metadata() or {}).get("duo_checksum")
+        state = load_file(str(p))
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors' header / size errors
+        raise ValueError(f"{str(p)!r} is corrupt or not a safetensors file ({type(err).__name__}); "
+                         "export or download it again") from None
+    if stored and stored.split(":", 1)[-1] != tensor_checksum({"state_dict": dict(sorted(state.items()))}):
+        raise ValueError(f"{str(p)!r} fails its checksum: its weights were damaged after export; "
+                         "export or copy it again")
+    return state
 
 
 def load_published(path: str | Path, *, algo: str = "duo", model: str = "small", tokenizer=None,

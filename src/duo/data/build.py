@@ -89,6 +89,15 @@ def pack_split(
     return load_or_build(directory, key, build, seq_len=seq_len, dtype=dtype, with_lengths=packer_cls.needs_lengths)
 
 
+def check_seq_len(seq_len: int, model_max_len: int) -> None:
+    """The length check that needs no tokenizer: run before any data is built."""
+    if seq_len > model_max_len:
+        raise ValueError(
+            f"data.seq_len={seq_len} exceeds the model's maximum length {model_max_len} (valid: 1 to "
+            f"{model_max_len}); lower data.seq_len or raise model.max_seq_len"
+        )
+
+
 def check_fits_model(tokenizer: TextTokenizer, model_vocab_size: int, seq_len: int, model_max_len: int) -> None:
     """Raise a one-line ValueError when the data cannot feed a model of this shape."""
     if tokenizer.vocab_size > model_vocab_size:

@@ -38,6 +38,27 @@ class MetricsHistory(pl.Callback):
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Keep the records up to the step training starts from (the resumed checkpoint's)
+        and drop later ones, which the resumed run writes again: no step appears twice."""
+        if not trainer.is_global_zero:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        start = trainer.global_step
+        kept: list[str] = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if isinstance(rec, dict) and int(rec.get("step", 0)) <= start:
+                    kept.append(line)
+                    (self.val if rec.get("split") == "val" else self.train).append(rec)
+            from ..utils.io import atomic_write_text
+
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not trainer.is_global_zero or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return

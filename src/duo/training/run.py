@@ -19,6 +19,9 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..checkpoints import find_resumable
+from ..data.build import check_seq_len
+from ..utils.io import RunDirLock, remove_stale_temp_files
 from ..utils.typed_config import ConfigError, save_yaml
 from ..config import TrainConfig
 from ..methods import get_method_spec
@@ -185,11 +188,62 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
     data saved in every checkpoint (e.g. a distilled model's sampling defaults).
     """
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:  # other processes of a launched run have RANK/LOCAL_RANK set
-        log.info("run directory: %s", run_dir)
+    # Cheap checks first: nothing is built or written for a config that cannot run.
+    check_seq_len(cfg.data.seq_len, cfg.model.max_seq_len)
     accel, world = resolve_world(cfg)
     micro, accumulate = batch_plan(cfg, world)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunDirLock(run_dir) if rank_zero_only.rank == 0 else None
+    if lock is not None:  # other processes of a launched run have RANK/LOCAL_RANK set
+        lock.acquire()
+    try:
+        return _train_locked(cfg, run_dir, lock, accel, micro, accumulate, callbacks, init_weights, metadata)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint of the run that loads and verifies, or (None, None) for a
+    fresh start. Damaged newer files are named and skipped; when checkpoints exist but
+    none is usable, stop rather than start again from step 0 over them."""
+    if not cfg.trainer.resume:
+        return None, None
+    path, ckpt, skipped = find_resumable(run_dir / "checkpoints")
+    if path is None and skipped:
+        raise ValueError(f"no usable checkpoint to resume in {str(run_dir / 'checkpoints')!r}: {skipped[0]}; "
+                         "move the damaged files away, or add trainer.resume=false to start again from step 0")
+    for reason in skipped:
+        log.warning("skipping a damaged checkpoint: %s", reason)
+    return path, ckpt
+
+
+def check_resumable(cfg: TrainConfig, module, path: Path, ckpt: dict) -> None:
+    """One-line errors when ``ckpt`` cannot continue this run (another algo or model size)."""
+    saved = ((ckpt.get("duo") or {}).get("config") or {})
+    saved_algo = (saved.get("algo") or {}).get("_name") if isinstance(saved.get("algo"), dict) else saved.get("algo")
+    if saved_algo and saved_algo != cfg.algo:
+        raise ConfigError(f"run directory {str(cfg.run_dir)!r} holds a {saved_algo} run ({path.name}) but this "
+                          f"config trains {cfg.algo}; pick another run_dir= or keep algo={saved_algo}")
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    bad = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if bad:
+        k = bad[0]
+        raise ConfigError(f"checkpoint {str(path)!r} holds a model of another size ({k}: {theirs.get(k)} in the "
+                          f"checkpoint, {ours.get(k)} in this config); keep the run's model settings "
+                          f"(see {str(Path(cfg.run_dir) / 'config.yaml')!r}) or pick another run_dir=")
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, lock, accel: str, micro: int, accumulate: int,
+                  callbacks, init_weights, metadata) -> TrainResult:
+    if lock is not None:
+        log.info("run directory: %s", run_dir)
+        if lock.took_over:
+            log.warning("took over a stale lock of %s (that process is gone)", lock.took_over)
+        for p in remove_stale_temp_files(run_dir):
+            log.info("removed %s, left by an interrupted write", p)
+    resume_path, resume_ckpt = _resume_point(cfg, run_dir)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
@@ -202,17 +256,24 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
     module = DiffusionLM(cfg, tokenizer.vocab_size, tokenizer_files=data.tokenizer_files(),
                          init_weights=init_weights, metadata=metadata)
     data.check_model(module.backbone)
+    if resume_ckpt is not None:
+        check_resumable(cfg, module, resume_path, resume_ckpt)
 
     trainer = make_trainer(cfg, run_dir, accumulate, accel, callbacks, _curriculum_end(cfg, module.method))
     last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.trainer.resume and last.is_file() else None
+    ckpt_path = str(resume_path) if resume_path is not None else None
+    if resume_ckpt is not None and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        trainer.strategy.checkpoint_io.preloaded = (resume_path, resume_ckpt)
+    resume_step = int(resume_ckpt.get("global_step", 0) or 0) if resume_ckpt is not None else 0
+    del resume_ckpt
     if trainer.is_global_zero:
+        # Only now, with the checkpoint and config accepted, does the run's config change.
         save_yaml(cfg.to_dict(), run_dir / "config.yaml")
         tokenizer.save(run_dir / "tokenizer")
         for line in summary_lines(cfg, module, data, trainer, micro, accumulate, accel):
             log.info(line)
         if ckpt_path:
-            log.info("resuming from %s", ckpt_path)
+            log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     val = trainer.validate(module, datamodule=data, verbose=False)  # every rank: it is collective

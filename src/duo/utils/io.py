@@ -1,12 +1,31 @@
-"""Atomic writes: a crash mid-write never leaves a half-written file under the final name."""
+"""Atomic writes: a crash mid-write never leaves a half-written file under the final name.
+
+Temporary files are named ``.<name>.<random>.tmp`` next to their target; a process killed
+mid-write leaves one behind, which :func:`remove_stale_temp_files` clears on the next start.
+Written files get the user's umask (``mkstemp`` alone would make them 0600).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -15,13 +34,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``path``. On an exception the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, default_file_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -36,3 +56,136 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temporary file of :func:`atomic_path` (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.name.count(".") >= 3
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writes left under ``directory`` (recursively).
+    Call it only while no other process writes there (e.g. holding the run directory lock)."""
+    removed = []
+    root = Path(directory)
+    if not root.is_dir():
+        return removed
+    for p in root.rglob(f".*{TEMP_SUFFIX}"):
+        if p.is_file() and is_temp_file(p):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+# errno -> the cause in words, for one-line error messages.
+_CAUSES = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EACCES: "permission denied; check the permissions or pick another path",
+    errno.EPERM: "operation not permitted; check the permissions or pick another path",
+    errno.EROFS: "read-only file system; write elsewhere (e.g. out=... or run_dir=...)",
+    errno.ENOTDIR: "a part of the path is a file, not a directory; pick another path",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists",
+    errno.EIO: "input/output error (failing disk?)",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EMFILE: "too many open files",
+}
+
+
+def describe_os_error(err: OSError, path: str | Path | None = None) -> str:
+    """``<path>: <cause>`` in one line, e.g. ``'runs/x/eval/results.json': no space left ...``."""
+    where = path if path is not None else (err.filename or "")
+    cause = _CAUSES.get(err.errno) if err.errno is not None else None
+    if cause is None:
+        cause = (err.strerror or str(err) or type(err).__name__).splitlines()[0]
+    return f"{str(where)!r}: {cause}" if where else cause
+
+
+# ----------------------------------------------------------------------------
+# One writer per run directory
+
+
+class RunDirBusy(ValueError):
+    """Another live process holds the run directory's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class RunDirLock:
+    """``<run_dir>/.duo.lock`` holding ``pid host``, created exclusively. A lock whose
+    process is gone (same host, dead pid) is stale and is taken over; a live one makes
+    :meth:`acquire` raise :class:`RunDirBusy` in one line."""
+
+    NAME = ".duo.lock"
+
+    def __init__(self, run_dir: str | Path, command: str = "duo train") -> None:
+        self.path = Path(run_dir) / self.NAME
+        self.command = command
+        self.held = False
+        self.took_over: str | None = None  # "pid N on host H" of a stale lock that was replaced
+
+    def _owner(self) -> tuple[int | None, str]:
+        try:
+            text = self.path.read_text().split()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None, ""
+        pid = int(text[0]) if text and text[0].isdigit() else None
+        return pid, text[1] if len(text) > 1 else ""
+
+    def acquire(self) -> "RunDirLock":
+        import socket
+
+        host = socket.gethostname()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_file_mode())
+            except FileExistsError:
+                pid, owner_host = self._owner()
+                if pid == os.getpid() and owner_host == host:
+                    self.held = True  # already ours (train() called twice in one process)
+                    return self
+                if pid is not None and owner_host == host and not _pid_alive(pid):
+                    self.took_over = f"pid {pid} on host {host}"
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if pid is None:  # empty or half-written lock: its writer died at once
+                    self.took_over = "an unreadable lock"
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunDirBusy(
+                    f"run directory {str(self.path.parent)!r} is in use by {self.command} (pid {pid} on host "
+                    f"{owner_host}); wait for it to finish, pick another run_dir=, or delete {str(self.path)!r} "
+                    "if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()} {host}\n")
+            self.held = True
+            return self
+        raise RunDirBusy(f"could not take the lock {str(self.path)!r}; another process keeps creating it")
+
+    def release(self) -> None:
+        if self.held:
+            pid, _ = self._owner()
+            if pid == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
