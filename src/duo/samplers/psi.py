@@ -27,16 +27,15 @@ Chapter II's text setting is the default: 256 steps, eta = 0.05 remdm-rescale, t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from .ancestral import check_common, reverse_step
+from .ancestral import AncestralSampler, reverse_step
 from .base import Denoiser, StepOutput
 from .grid import PHASES, StepTime, TimeGrid, time_grid
-from .processes import Process, get_process
 from .workspace import Workspace
 
 
@@ -160,16 +159,18 @@ def _as_rule(rule: KappaRule | Mapping | tuple | None) -> KappaRule | None:
 
 
 @dataclass(frozen=True)
-class PsiSampler:
-    """Psi-sampler for the uniform (default) or the masked process (``process="absorbing"``).
+class PsiSampler(AncestralSampler):
+    """Psi-sampler for the uniform (default) or the masked process (``process="absorbing"``):
+    ancestral sampling whose step mixes the posterior with the corrector by kappa.
 
     ``rule`` applies to every phase without its own rule (``high``, ``middle``, ``low``);
     a rule may be given as a :class:`KappaRule`, a dict or a ``(mode, value)`` pair.
-    ``t_on``, ``t_off``, ``hold_fraction`` shape the grid (:func:`time_grid`).
+    ``t_on``, ``t_off``, ``hold_fraction`` shape the grid (:func:`time_grid`). The other
+    fields are :class:`AncestralSampler`'s, with a nucleus of 0.9 and 256 steps by default.
     """
 
-    process: str = "uniform"
-    mask_id: int | None = None
+    top_p: float = 0.9
+    default_steps: int = 256
     rule: KappaRule = KappaRule("remdm-rescale", 0.05)
     high: KappaRule | None = None
     middle: KappaRule | None = None
@@ -177,27 +178,14 @@ class PsiSampler:
     t_on: float = 1.0
     t_off: float | None = None
     hold_fraction: float = 0.0
-    top_p: float = 0.9
-    top_k: int = 0
-    tail: str = "ancestral"
-    eps: float = 1e-5
-    cache_predictions: bool = False
-    default_steps: int = 256
-    _process: Process = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_common(self.tail, self.top_p, self.top_k, self.eps, self.default_steps)
+        super().__post_init__()
         for name in ("rule",) + PHASES:
             object.__setattr__(self, name, _as_rule(getattr(self, name)))
         if self.rule is None:
             raise ValueError("rule=None: pass a KappaRule, e.g. ('remdm-rescale', 0.05)")
         self.time_grid(self.default_steps)  # fail at construction on bad phase settings
-        proc = get_process(self.process, self.mask_id)
-        object.__setattr__(self, "_process", proc)
-        object.__setattr__(self, "mask_id", proc.mask_id)
-
-    def prior(self, shape, vocab_size, generator, device) -> Tensor:
-        return self._process.prior(shape, vocab_size, generator, device)
 
     def time_grid(self, steps: int) -> TimeGrid:
         return time_grid(steps, eps=self.eps, t_on=self.t_on, t_off=self.t_off,
