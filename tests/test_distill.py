@@ -213,3 +213,73 @@ def test_distillation_loss_does_not_depend_on_chunking():
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.allclose(a, b, rtol=0, atol=1e-6 * scale)
+
+
+def test_paper_time_draw_has_an_atom_of_mass_delta_at_one():
+    """time_draw=paper: t = min(t' + delta, 1) from the training's stratified t' on
+    [eps, 1]: mass delta / (1 - eps) at t = 1, the rest uniform on [eps + delta, 1);
+    ours: uniform on [delta, 1], no atom (MATH.md 11)."""
+    from duo.methods.distill import distill_times
+
+    eps, delta, n = 1e-3, 1 / 8, 200_000
+    t = eps + (1 - eps) * (torch.arange(n, dtype=torch.float64) + torch.rand(n, dtype=torch.float64)) / n
+    paper = distill_times(t, delta, DistillConfig(time_draw="paper"))
+    at_one = paper == 1.0
+    assert at_one.float().mean().item() == pytest.approx(delta / (1 - eps), abs=1e-3)
+    rest = paper[~at_one]
+    assert rest.min().item() >= eps + delta - 1e-12 and rest.max().item() < 1.0
+    # uniform on [eps + delta, 1): its deciles sit on the even grid
+    deciles = torch.quantile(rest, torch.linspace(0.1, 0.9, 9, dtype=torch.float64))
+    expected = eps + delta + (1 - eps - delta) * torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    assert torch.allclose(deciles, expected, atol=3e-3)
+    ours = distill_times(t, delta, DistillConfig())
+    assert (ours < 1.0).float().mean().item() > 0.999 and ours.min().item() >= delta - 1e-12
+    assert (ours - delta).mean().item() == pytest.approx((1 - delta) / 2, abs=2e-3)
+
+
+def test_training_loss_uses_the_chosen_time_draw():
+    seen = []
+    for draw in ("ours", "paper"):
+        cfg = build_config([*TINY_DISTILL, f"algo.time_draw={draw}"])  # T0=8: delta = 1/8
+        torch.manual_seed(0)
+        backbone, method = build_method(cfg, 30)
+        method.teacher = copy.deepcopy(backbone)
+        gamma = method.path.gamma
+        calls = []
+        method.path.gamma = lambda t, _g=gamma, _c=calls: (_c.append(t.clone()), _g(t))[1]
+        x = torch.randint(0, 30, (2, 16), generator=torch.Generator().manual_seed(0))
+        method.training_loss({"input_ids": x}, torch.tensor([0.95, 0.5]), step=0,
+                             generator=torch.Generator().manual_seed(1))
+        seen.append(calls[0])  # the later time t of each pair
+    u = (torch.tensor([0.95, 0.5], dtype=torch.float64) - 1e-3) / (1 - 1e-3)
+    assert torch.allclose(seen[0], 1 / 8 + (7 / 8) * u)
+    assert torch.allclose(seen[1], torch.tensor([1.0, 0.625], dtype=torch.float64))
+
+
+def test_student_init_raw_starts_from_the_raw_weights_and_restores_the_ema(teacher_run, tmp_path):
+    """student_init=raw: the student (and the first teacher) hold the checkpoint's trained
+    weights, not its EMA, and the EMA state (shadows, decay, update count) is the checkpoint's."""
+    from duo.checkpoints import read_checkpoint
+
+    saved = read_checkpoint(teacher_run / "checkpoints" / "last.ckpt")
+    raw = {k[len("backbone."):]: v for k, v in saved["state_dict"].items() if k.startswith("backbone.")}
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen["student"] = {k: v.detach().cpu().clone() for k, v in module.backbone.state_dict().items()}
+            seen["teacher"] = {k: v.detach().cpu().clone() for k, v in module.method.teacher.state_dict().items()}
+            seen["ema"] = module.ema.state_dict()
+
+    distill(teacher_run, [*DISTILL, "distill.student_init=raw", "trainer.ema=0.5", "trainer.max_steps=1",
+                          f"run_dir={tmp_path / 's'}"], callbacks=[Probe()])
+    for name in ("student", "teacher"):
+        assert seen[name].keys() == raw.keys()
+        assert all(torch.equal(seen[name][k], raw[k].to(seen[name][k].dtype)) for k in raw), name
+    ema, want = seen["ema"], saved["ema"]
+    assert ema["decay"] == want["decay"] != 0.5 and ema["num_updates"] == want["num_updates"] > 0
+    assert len(ema["shadow_params"]) == len(want["shadow_params"])
+    assert all(torch.equal(a.float(), b.float()) for a, b in zip(ema["shadow_params"], want["shadow_params"]))
+    # the EMA differs from the raw weights, so the test tells the two starts apart
+    params = [raw[k] for k, _ in load_checkpoint(teacher_run).backbone.named_parameters()]
+    assert any(not torch.equal(a.float(), b.float()) for a, b in zip(params, want["shadow_params"]))

@@ -102,6 +102,40 @@ class MdlmConfig:
 
 
 @dataclass
+class SeddConfig:
+    """SEDD (Lou et al. 2024) with the masked process: the network gives log score ratios,
+    trained with the denoising score entropy (an ELBO); the mask is an extra last id."""
+
+    schedule: str = "loglinear"
+    eps: float = 1e-3
+
+    def validate(self) -> "SeddConfig":
+        _check_schedule(self.schedule, self.eps)
+        return self
+
+
+@dataclass
+class D3pmConfig:
+    """D3PM with the masked (absorbing) transition in discrete time: ``T`` steps at
+    ``t = i/T``, the discrete-time ELBO; ``hybrid_lambda > 0`` adds D3PM's auxiliary
+    cross-entropy ``lambda * -log x_theta[x]`` on masked positions to the training loss
+    (validation stays the ELBO)."""
+
+    schedule: str = "loglinear"
+    eps: float = 1e-3
+    T: int = 1000
+    hybrid_lambda: float = 0.0
+
+    def validate(self) -> "D3pmConfig":
+        _check_schedule(self.schedule, self.eps)
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
+            raise ValueError(f"algo.T={self.T!r} must be an integer >= 1 (the paper: 1000)")
+        if not self.hybrid_lambda >= 0:
+            raise ValueError(f"algo.hybrid_lambda={self.hybrid_lambda!r} must be >= 0 (0 = the plain ELBO)")
+        return self
+
+
+@dataclass
 class ArConfig:
     """Autoregressive baseline: next-token cross-entropy with causal attention."""
 
@@ -118,6 +152,13 @@ class DistillConfig:
     weights (``teacher="ema"``: its EMA weights). Times map to the Gaussian path
     ``gamma = gamma_min + t (gamma_max - gamma_min)`` (official code: [-4, -1]).
     ``sample_steps`` / ``sample_sampler`` are saved with the student as its defaults.
+
+    The official code's protocol (MATH.md 11) differs in two places, each an option:
+    ``time_draw="paper"`` draws ``t = min(t' + delta, 1)`` from the training's own
+    ``t'`` (mass ``delta`` at ``t = 1``) instead of ``t ~ U[delta, 1]`` (``"ours"``);
+    ``student_init="raw"`` starts the student from the checkpoint's trained (non-EMA)
+    weights and restores its EMA state, decay included, instead of starting the student
+    and a fresh EMA from the EMA weights (``"ema"``).
     """
 
     schedule: str = "loglinear"
@@ -131,9 +172,15 @@ class DistillConfig:
     gamma_max: float = -1.0
     sample_steps: int = 8
     sample_sampler: str = "greedy_tail"
+    time_draw: Literal["ours", "paper"] = "ours"
+    student_init: Literal["ema", "raw"] = "ema"
 
     def validate(self) -> "DistillConfig":
         _check_schedule(self.schedule, self.eps)
+        if self.time_draw not in ("ours", "paper"):
+            raise ValueError(f"distill.time_draw={self.time_draw!r} is unknown; valid: ours, paper")
+        if self.student_init not in ("ema", "raw"):
+            raise ValueError(f"distill.student_init={self.student_init!r} is unknown; valid: ema, raw")
         for name in ("rounds", "steps_per_round", "T0", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill.{name}={getattr(self, name)} must be >= 1")

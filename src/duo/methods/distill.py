@@ -21,6 +21,20 @@ def round_and_delta(step: int, cfg: DistillConfig) -> tuple[int, float]:
     return n, 2.0**n / cfg.T0
 
 
+def distill_times(t: Tensor, delta: float, cfg: DistillConfig) -> Tensor:
+    """The later time ``t`` of each pair (float64, ``(B,)``); the earlier one is ``t - delta``.
+
+    ``t`` is the training's stratified draw on ``[eps, 1]``. ``"ours"`` maps it onto
+    ``[delta, 1]``, so ``t`` is uniform there. ``"paper"`` (the official code) shifts it
+    and clips, ``min(t + delta, 1)``: uniform on ``[eps + delta, 1)`` plus an atom of mass
+    ``delta / (1 - eps)`` at ``t = 1``, the pure-noise end.
+    """
+    if cfg.time_draw == "paper":
+        return (t.double() + delta).clamp(max=1.0)
+    u = (t.double() - cfg.eps) / (1.0 - cfg.eps)
+    return delta + (1.0 - delta) * u
+
+
 class DistillMethod(DuoMethod):
     """A Duo model being distilled; samples like any Duo model.
 
@@ -55,9 +69,7 @@ class DistillMethod(DuoMethod):
             raise RuntimeError("distillation needs a teacher; the training loop attaches one")
         x = batch["input_ids"]
         n, delta = round_and_delta(step, self.dcfg)
-        # Stratified t in [eps, 1] -> [delta, 1]; s = t - delta.
-        u = (t.double() - self.dcfg.eps) / (1.0 - self.dcfg.eps)
-        t_hi = delta + (1.0 - delta) * u
+        t_hi = distill_times(t, delta, self.dcfg)
         t_lo = t_hi - delta
         g_t, g_s = self.path.gamma(t_hi), self.path.gamma(t_lo)
         alpha_t = diffusion_transform(g_t, self.vocab_size).alpha.float()

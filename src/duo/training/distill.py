@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import load_checkpoint, read_checkpoint, resolve_checkpoint
 from ..utils.typed_config import ConfigError
 from ..config import build_config, replace_section
 from ..methods import round_and_delta
@@ -97,11 +97,52 @@ def distill_config(checkpoint: str | Path, overrides: list[str]):
     return cfg, loaded
 
 
+class RestoreEMA(pl.Callback):
+    """``distill.student_init=raw``: the student's EMA continues the checkpoint's. Set at
+    ``setup``, so a resumed run's own EMA (restored after setup) replaces it."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if pl_module.ema is not None:
+            pl_module.ema.load_state_dict(self.state)
+
+
+def checkpoint_ema_state(checkpoint: str | Path, ema_backbone: torch.nn.Module, decay: float) -> dict:
+    """The EMA state of ``checkpoint`` in duo's layout: the shadows are the parameters of
+    its EMA-loaded backbone (any published layout), ``decay`` / ``num_updates`` those the
+    file records (``decay`` and 0 when it records none, e.g. a Hugging Face folder)."""
+    saved: dict = {}
+    try:
+        p = resolve_checkpoint(checkpoint)
+        if p.suffix == ".safetensors":
+            raise FileNotFoundError(p)  # an exported model: weights only
+        try:
+            ckpt = read_checkpoint(p)
+        except ValueError:  # an official .ckpt: pickled objects beyond tensors
+            from ..interop import load_restricted
+
+            ckpt = load_restricted(p)
+        saved = ckpt.get("ema") if isinstance(ckpt, dict) and isinstance(ckpt.get("ema"), dict) else {}
+    except (FileNotFoundError, ValueError):
+        pass  # a Hugging Face folder or hub id: weights only
+    return {"decay": float(saved.get("decay", decay)), "num_updates": int(saved.get("num_updates", 0)),
+            "shadow_params": [p.detach().float().cpu().clone() for p in ema_backbone.parameters()]}
+
+
 def distill(checkpoint: str | Path, overrides: list[str] | tuple = (), callbacks: list | None = None) -> TrainResult:
     """Distil ``checkpoint`` (a Duo run or .ckpt) into a few-step student."""
     cfg, loaded = distill_config(checkpoint, list(overrides))
-    # The student starts from the weights the teacher run samples with (its EMA).
-    init = {k: v.detach().clone() for k, v in loaded.backbone.state_dict().items()}
-    return train(cfg, callbacks=[TeacherRefresh(), *(callbacks or [])], init_weights=init,
+    extra: list = []
+    if cfg.algo_cfg.student_init == "raw":
+        # The official start: the trained weights, the EMA carried on from the checkpoint.
+        raw = load_checkpoint(checkpoint, use_ema=False)
+        init = {k: v.detach().clone() for k, v in raw.backbone.state_dict().items()}
+        extra.append(RestoreEMA(checkpoint_ema_state(checkpoint, loaded.backbone, cfg.trainer.ema)))
+    else:
+        # The student starts from the weights the teacher run samples with (its EMA).
+        init = {k: v.detach().clone() for k, v in loaded.backbone.state_dict().items()}
+    return train(cfg, callbacks=[TeacherRefresh(), *extra, *(callbacks or [])], init_weights=init,
                  metadata={"sampler": cfg.algo_cfg.sample_sampler, "steps": cfg.algo_cfg.sample_steps,
                            "distilled_from": str(loaded.path)})
