@@ -1,0 +1,355 @@
+"""``duo serve`` against the real server (uvicorn on a free loopback port, a tiny model):
+the API, the SSE stream, equality with ``duo sample``, 400s naming the field, 503 with
+Retry-After, a disconnect freeing its slot, identical requests batched, and the page in
+headless Chromium (skipped, with the reason, where Chromium or selenium is missing)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="duo serve needs the serve extra: pip install 'duo-lm[serve]'")
+uvicorn = pytest.importorskip("uvicorn", reason="duo serve needs the serve extra: pip install 'duo-lm[serve]'")
+
+from duo.cli import main  # noqa: E402
+from duo.serve import ServeConfig, create_app  # noqa: E402
+
+from test_evaluation import loaded_runs, tiny_runs  # noqa: E402,F401  (session fixtures)
+
+PROMPT = "The model learns"
+MAX_STEPS = 3000
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Server:
+    """uvicorn serving ``app`` in a thread on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    timeout_graceful_shutdown=1))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def request(self, method: str, path: str, body=None, timeout: float = 60):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        conn.close()
+        ctype = resp.getheader("Content-Type", "")
+        return resp.status, resp.headers, json.loads(raw) if "json" in ctype else raw.decode()
+
+    def post(self, body, path: str = "/v1/generate"):
+        return self.request("POST", path, body)
+
+    def open_stream(self, body) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.request("POST", "/v1/generate/stream", body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        return conn, conn.getresponse()
+
+    def stream(self, body) -> list[tuple[str, dict]]:
+        conn, resp = self.open_stream(body)
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+        events = list(read_events(resp))
+        conn.close()
+        return events
+
+
+def read_events(resp):
+    kind = None
+    for raw in resp:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            yield kind, json.loads(line[6:])
+            if kind in ("done", "error"):
+                return
+
+
+@pytest.fixture(scope="module")
+def loaded(loaded_runs):
+    return loaded_runs["duo"]
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    s = Server(create_app(ServeConfig(max_steps=MAX_STEPS, max_samples=4, queue=8), loaded=loaded))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def small_server(loaded):
+    """One slot: a second request while one runs gets 503."""
+    s = Server(create_app(ServeConfig(max_steps=MAX_STEPS, queue=1), loaded=loaded))
+    yield s
+    s.stop()
+
+
+def wait_idle(server: Server, timeout: float = 10.0) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        status, _, health = server.request("GET", "/healthz")
+        if health["active"] == 0 or time.time() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ happy paths
+def test_health_model_and_page(server, loaded):
+    status, _, health = server.request("GET", "/healthz")
+    assert status == 200 and health["status"] == "ok" and health["slots"] == 8
+    status, _, info = server.request("GET", "/v1/model")
+    assert status == 200
+    assert info["vocab_size"] == loaded.tokenizer.vocab_size and info["max_length"] == loaded.cfg.model.max_seq_len
+    assert info["default_sampler"] == "ancestral" and set(info["samplers"]) >= {"ancestral", "greedy_tail", "psi"}
+    assert info["samplers"]["ancestral"]["default_steps"] >= 1
+    assert info["limits"] == {"max_steps": MAX_STEPS, "max_samples": 4, "queue": 8}
+    status, _, page = server.request("GET", "/")
+    assert status == 200 and "Generate" in page and "/static/app.js" in page
+    assert "http" not in page.replace("http-equiv", "")  # no CDN: everything from this server
+    for asset in ("app.js", "style.css"):
+        status, _, text = server.request("GET", f"/static/{asset}")
+        assert status == 200 and len(text) > 100 and "://" not in text
+
+
+def test_generate_equals_duo_sample_for_a_seed(server, tiny_runs, tmp_path, capsys):
+    status, _, out = server.post({"prompt": PROMPT, "steps": 6, "n": 2, "seed": 5})
+    assert status == 200, out
+    assert out["nfe"] == 6 and out["n"] == 2 and out["sampler"] == "ancestral" and out["seconds"] > 0
+    assert all(t.startswith(PROMPT) for t in out["texts"])
+    jsonl = tmp_path / "s.jsonl"
+    code = main(["sample", f"checkpoint={tiny_runs['duo']}", "steps=6", "num_samples=2", "seed=5",
+                 f"prefix={PROMPT}", f"out={jsonl}"])
+    capsys.readouterr()
+    assert code == 0
+    assert [json.loads(line)["text"] for line in jsonl.read_text().splitlines()] == out["texts"]
+    # another seed, another text; the same seed again, the same text
+    assert server.post({"prompt": PROMPT, "steps": 6, "n": 2, "seed": 6})[2]["texts"] != out["texts"]
+    assert server.post({"prompt": PROMPT, "steps": 6, "n": 2, "seed": 5})[2]["texts"] == out["texts"]
+
+
+def test_stream_states_are_the_denoising_states_and_end_with_the_final_text(server, loaded):
+    from duo.evaluation import plan_sampling, sample
+    from duo.generation import decode
+    from duo.samplers import SamplingConfig
+
+    events = server.stream({"prompt": PROMPT, "steps": 5, "n": 2, "seed": 3})
+    states = [data for kind, data in events if kind == "state"]
+    kind, done = events[-1]
+    assert kind == "done" and [k for k, _ in events[:-1]] == ["state"] * len(states)
+    assert [s["step"] for s in states] == list(range(6))  # the prior, 4 inputs, the final state
+    assert states[-1]["texts"] == done["texts"]
+    assert done["texts"] == server.post({"prompt": PROMPT, "steps": 5, "n": 2, "seed": 3})[2]["texts"]
+    gen = sample(loaded, plan_sampling(loaded, SamplingConfig(steps=5, num_samples=2, seed=3, prefix=PROMPT)),
+                 return_intermediates=True)
+    prefix_len = len(loaded.tokenizer.encode(PROMPT))
+    for k, (state, ids) in enumerate(zip(states, gen.intermediates)):
+        assert state["texts"] == decode(loaded.tokenizer, ids)
+        previous = gen.intermediates[k - 1] if k else ids
+        for row in range(2):
+            assert state["changed"][row] == (ids[row] != previous[row]).nonzero().flatten().tolist()
+            assert all(pos >= prefix_len for pos in state["changed"][row])  # the prompt never changes
+        assert state["num_changed"] == sum(map(len, state["changed"]))
+        assert len(state["pieces"][0]) == ids.shape[1]
+
+
+def test_infill_template_keeps_its_text_in_place(server, loaded):
+    status, _, out = server.post({"prompt": "The ____ learns", "fill": 3, "suffix": "tokens.", "steps": 4})
+    assert status == 200, out
+    tok = loaded.tokenizer
+    head, tail = tok.encode("The "), tok.encode(" learns")
+    events = server.stream({"prompt": "The ____ learns", "fill": 3, "suffix": "tokens.", "steps": 4})
+    for _, state in events[:-1]:
+        pieces = state["pieces"][0]
+        assert pieces[:len(head)] == [tok.decode([i]) for i in head]
+        assert pieces[len(head) + 3:len(head) + 3 + len(tail)] == [tok.decode([i]) for i in tail]
+        assert "".join(pieces).endswith("tokens.")
+    assert events[-1][1]["texts"] == out["texts"]
+
+
+def test_identical_requests_run_as_one_batch_with_unchanged_results(server):
+    alone = server.post({"prompt": PROMPT, "steps": 4, "n": 2, "seed": 11})[2]["texts"]
+    other = server.post({"prompt": PROMPT, "steps": 4, "n": 2, "seed": 12})[2]["texts"]
+    with ThreadPoolExecutor(4) as pool:
+        busy = pool.submit(server.post, {"steps": 600, "seed": 1})  # holds the worker meanwhile
+        time.sleep(0.2)
+        same = [pool.submit(server.post, {"prompt": PROMPT, "steps": 4, "n": 2, "seed": 11}) for _ in range(2)]
+        diff = pool.submit(server.post, {"prompt": PROMPT, "steps": 4, "n": 2, "seed": 12})
+        results = [f.result()[2] for f in same]
+        assert busy.result()[0] == 200
+        assert diff.result()[2]["texts"] == other and diff.result()[2]["batched"] == 1
+    assert [r["texts"] for r in results] == [alone, alone]
+    assert [r["batched"] for r in results] == [2, 2]
+
+
+# ------------------------------------------------------------------ bad input
+BAD = [
+    ({"sampler": "nope"}, "sampler", "unknown sampler"),
+    ({"sampler": "mdlm"}, "sampler", "does not fit"),
+    ({"steps": 0}, "steps", "steps=0"),
+    ({"steps": MAX_STEPS + 1}, "steps", "max_steps"),
+    ({"n": 0}, "n", "n=0"),
+    ({"n": 5}, "n", "max_samples"),
+    ({"seq_len": 999}, "seq_len", "seq_len=999"),
+    ({"prompt": " ".join(["the model learns"] * 20)}, "prompt", "longer than"),
+    ({"prompt": "the ____ model", "fill": 40}, "prompt", "template"),
+    ({"steps": "4"}, "steps", "must be an integer"),
+    ({"seed": 1.5}, "seed", "must be an integer"),
+    ({"n": True}, "n", "must be an integer"),
+    ({"prompt": 3}, "prompt", "must be a string"),
+    ({"top_p": "x"}, "top_p", "must be a number"),
+    ({"top_p": 1.5}, "top_p", "top_p=1.5"),
+    ({"temperature": 0.7}, "temperature", "temperature"),
+    ({"seed": None}, "seed", "must not be null"),
+    ({"colour": "red"}, "colour", "unknown field"),
+]
+
+
+@pytest.mark.parametrize("body,field,words", BAD, ids=[f"{b[1]}:{b[2]}" for b in BAD])
+def test_bad_input_gets_400_naming_the_field(server, body, field, words):
+    for path in ("/v1/generate", "/v1/generate/stream"):
+        status, _, out = server.post(body, path)
+        assert status == 400, (path, out)
+        assert out["field"] == field and words in out["error"] and field in out["error"], out
+        assert "\n" not in out["error"] and "Traceback" not in out["error"]
+
+
+@pytest.mark.parametrize("raw,words", [(b"{bad", "not valid JSON"), (b"[1, 2]", "JSON object"),
+                                       (b"\xff\xfe", "not valid JSON")])
+def test_malformed_body_gets_400(server, raw, words):
+    status, _, out = server.post(raw)
+    assert status == 400 and words in out["error"]
+    assert wait_idle(server)["active"] == 0
+
+
+# ------------------------------------------------------------------ queue and disconnects
+def test_full_queue_gets_503_and_a_disconnect_frees_the_slot(small_server):
+    before = small_server.request("GET", "/healthz")[2]
+    conn, resp = small_server.open_stream({"steps": MAX_STEPS, "seed": 2})
+    events = read_events(resp)
+    assert next(events)[0] == "state"  # running, and holding the only slot
+    status, headers, out = small_server.post({"steps": 2})
+    assert status == 503 and int(headers["Retry-After"]) >= 1 and "busy" in out["error"]
+    status, _, _ = small_server.post({"steps": 2}, "/v1/generate/stream")
+    assert status == 503
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-stream
+    conn.close()
+    health = wait_idle(small_server)
+    assert health["active"] == 0 and health["queued"] == 0
+    status, _, out = small_server.post({"steps": 2})
+    assert status == 200, out
+    health = small_server.request("GET", "/healthz")[2]
+    assert health["aborted"] == before["aborted"] + 1  # the abandoned run stopped early
+    assert health["rejected"] == before["rejected"] + 2
+
+
+# ------------------------------------------------------------------ the command
+def test_serve_command_errors_are_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)
+    assert main(["serve", "checkpoint=x"]) == 2
+    assert capsys.readouterr().err.strip() == "duo serve needs the serve extra: pip install 'duo-lm[serve]'"
+    monkeypatch.undo()
+    assert main(["serve", "queue=0", "checkpoint=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duo serve: error: queue=0") and "\n" not in err
+    assert main(["serve"]) == 2
+    assert "checkpoint=" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the page in a browser
+def _chrome():
+    """A headless Chromium driver, or the reason there is none."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None, "selenium is not installed (pip install selenium)"
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not browser or not driver_path:
+        return None, "Chromium or chromedriver not found (apt-get install -y chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1000,1250"):
+        options.add_argument(arg)
+    try:
+        return webdriver.Chrome(service=Service(driver_path), options=options), ""
+    except Exception as err:  # a driver that cannot start here: say why
+        return None, f"Chromium did not start: {str(err).splitlines()[0]}"
+
+
+def test_page_generates_in_a_browser(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, reason = _chrome()
+    if driver is None:
+        print(f"skipping the browser test: {reason}")
+        pytest.skip(reason)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sampler option"))
+        prompt = driver.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys(PROMPT)
+        steps = driver.find_element(By.ID, "steps")
+        steps.clear()
+        steps.send_keys("24")
+        n = driver.find_element(By.ID, "n")
+        n.clear()
+        n.send_keys("2")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "final").get_attribute("data-done") == "true")
+        finals = [p.text for p in driver.find_elements(By.CSS_SELECTOR, "#final p")]
+        assert len(finals) == 2 and all(t.startswith(PROMPT) for t in finals)
+        assert int(driver.find_element(By.ID, "final").get_attribute("data-states")) == 25
+        shown = driver.find_elements(By.CSS_SELECTOR, "#samples .sample")
+        assert len(shown) == 2 and all(s.text.startswith(PROMPT) for s in shown)
+        assert driver.find_element(By.ID, "nfe").text == "24"
+        # scrub back: an early state, where the prompt is already in place and tokens changed
+        driver.execute_script("const s = document.getElementById('scrub'); s.value = 1;"
+                              "s.dispatchEvent(new Event('input'));")
+        assert driver.find_element(By.ID, "step").text == "1"
+        assert driver.find_elements(By.CSS_SELECTOR, "#samples span.changed")
+        assert all(s.text.startswith(PROMPT) for s in driver.find_elements(By.CSS_SELECTOR, "#samples .sample"))
+        driver.execute_script("const s = document.getElementById('scrub'); s.value = 12;"
+                              "s.dispatchEvent(new Event('input'));")
+        shot = tmp_path / "serve.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("DUO_UPDATE_SCREENSHOTS"):  # refresh the README's picture
+            shutil.copy(shot, ROOT / "docs" / "images" / "serve.png")
+    finally:
+        driver.quit()
