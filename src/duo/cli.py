@@ -56,6 +56,58 @@ def _train(args: list[str]) -> int:
     return 0
 
 
+def train_help(args: Sequence[str] = (), command: str = "train") -> str:
+    """``duo train --help``: every key of the run config (the algo section of the algo
+    named among ``args``, default duo; the model section with the chosen preset's values)."""
+    from .commands.common import describe_keys, format_keys
+    from .config import TrainerConfig
+    from .data.config import DataConfig
+    from .methods import get_method_spec
+    from .models import MODEL_PRESETS
+    from .samplers import SamplingConfig
+
+    given = dict(a.split("=", 1) for a in args if "=" in a)
+    algo = "distill" if command == "distill" else given.get("algo", "duo")
+    preset = given.get("model", "tiny")
+    try:
+        algo_cls = get_method_spec(algo).config_cls
+    except ValueError:
+        algo, algo_cls = "duo", get_method_spec("duo").config_cls
+    model = MODEL_PRESETS.get(preset) or MODEL_PRESETS["tiny"]
+    section = "distill." if command == "distill" else "algo."
+    rows = [
+        ("algo", "str", "'duo'", "the method: " + ", ".join(__import__("duo.methods", fromlist=["METHODS"]).METHODS)),
+        ("model", "str", "'tiny'", "a model preset: " + ", ".join(MODEL_PRESETS)),
+        ("data", "str", "'builtin'", "a corpus name, hf:<dataset>, or a local .txt/.jsonl file or folder"),
+        ("config", "str", "null", "a YAML file of settings, applied before the key=value overrides"),
+        ("run_dir", "str", "runs/<algo>-<time>", "where checkpoints, metrics, plots and samples go"),
+    ]
+    if command == "distill":
+        rows = [("checkpoint", "str", "required", "the duo run directory or .ckpt to distil"),
+                ("run_dir", "str", "<run>-distilled", "where the student goes")]
+    rows += [(section + k, *rest) for k, *rest in describe_keys(algo_cls)]
+    rows += [("model." + k, *rest) for k, *rest in describe_keys(model)]
+    rows += [("data." + k, *rest) for k, *rest in describe_keys(DataConfig)]
+    rows += [("trainer." + k, *rest) for k, *rest in describe_keys(TrainerConfig)]
+    rows += [("sample." + k, *rest) for k, *rest in describe_keys(SamplingConfig(steps=128))]
+    usage = (f"usage: duo {command} checkpoint=<duo run> [distill.*=... trainer.*=...]" if command == "distill" else
+             "usage: duo train [algo=...] [model=...] [data=...] [section.key=value ...]")
+    title = f"keys ({section}* shown for algo={algo}; model.* defaults of preset {preset!r})"
+    return f"{usage}\n\n{title}:\n{format_keys(rows)}\n"
+
+
+def _command_help(command: str, args: Sequence[str]) -> str:
+    if command in ("train", "distill"):
+        return train_help(args, command)
+    import importlib
+
+    module = importlib.import_module({"sample": ".commands.sample", "eval": ".commands.evaluate",
+                                      "convert": ".commands.convert"}[command], __package__)
+    if hasattr(module, "help_text"):
+        return module.help_text()
+    return (module.__doc__ or "").strip() + "\n"
+
+
 def _lazy(module: str, attr: str) -> Callable[[list[str]], int]:
     def run(args: list[str]) -> int:
         import importlib
@@ -71,8 +123,16 @@ COMMANDS["eval"] = ("evaluate a checkpoint (metrics=ppl,zero-shot,gen-ppl data=.
                     _lazy(".commands.evaluate", "main"))
 COMMANDS["distill"] = ("distil a Duo checkpoint into a few-step sampler (checkpoint=..., distill.*=...)",
                        _lazy(".commands.distill", "main"))
+COMMANDS["export"] = ("write a run as a Hub-ready folder: config.json, model.safetensors, tokenizer, card (RUN OUT)",
+                      _lazy(".commands.export", "main"))
+COMMANDS["push"] = ("export a run and upload it to the Hugging Face Hub (RUN REPO_ID [private=true])",
+                    _lazy(".commands.push", "main"))
+COMMANDS["recipes"] = ("list the papers' settings, or show one (duo recipes [NAME]); use them as recipe=NAME",
+                       _lazy(".commands.recipes", "main"))
 COMMANDS["convert"] = ("write a published .ckpt / HF folder / hf:<repo> as a duo model folder (SRC OUT weights=ema|raw)",
                        _lazy(".commands.convert", "main"))
+COMMANDS["serve"] = ("serve a page and a JSON API for a checkpoint (checkpoint=... host=127.0.0.1 port=8000)",
+                     _lazy(".commands.serve", "main"))
 
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -165,8 +225,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # duo <command> --help: that command's keys, types, defaults (the global help otherwise).
+    named = [a for a in argv if a in COMMANDS]
+    if named and any(a in ("-h", "--help") for a in argv[argv.index(named[0]):]):
+        rest = [a for a in argv if a not in ("-h", "--help", "-q", "--quiet", "-v", "--verbose", named[0])]
+        print(_command_help(named[0], rest), end="")
+        return 0
     ns = _parse(argv)
     verbosity = QUIET if ns.quiet else VERBOSE if ns.verbose else NORMAL
     overrides = list(ns.overrides)
@@ -181,8 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         if ns.verbose:
             raise
-        print(f"duo {ns.command}: error: {err}", file=sys.stderr)
+        print(f"duo {ns.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # read-only or full disk, permissions: the path and the cause
+        if ns.verbose:
+            raise
+        from .utils.io import describe_os_error
+
+        print(f"duo {ns.command}: error: cannot write or read {describe_os_error(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

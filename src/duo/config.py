@@ -18,11 +18,45 @@ from .utils.typed_config import ConfigError, from_dict, load_yaml, merge, parse_
 from .data.config import DataConfig
 from .methods import get_method_spec
 from .models import MODEL_PRESETS, ModelConfig
+from .recipes import check_recipe_algo, recipe_update
 from .samplers import SamplingConfig
 
 
 # What Lightning's ModelParallelStrategy (under trainer.strategy=fsdp) accepts.
 FSDP_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-true")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+PRECISIONS = ("auto", "32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true",
+              "bf16-true", "transformer-engine", "transformer-engine-float16")
+_DEVICES_RANGE = "'auto', -1 (all), an integer >= 1, or a list of device indices >= 0"
+
+
+def _check_devices(devices: Any) -> None:
+    """What Lightning accepts for ``devices``, checked before it is given them."""
+    bad = ConfigError(f"trainer.devices={devices!r} is out of range; valid: {_DEVICES_RANGE}")
+    if isinstance(devices, bool):
+        raise bad
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto" or text == "-1":
+            return
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts or not all(p.strip().isdigit() for p in parts):
+            raise bad
+        if len(parts) == 1 and "," not in text and int(parts[0]) < 1:
+            raise bad
+        return
+    if isinstance(devices, int):
+        if devices == -1 or devices >= 1:
+            return
+        raise bad
+    if isinstance(devices, (list, tuple)):
+        if devices and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices) \
+                and len(set(devices)) == len(devices):
+            return
+        raise bad
+    raise bad
 
 
 @dataclass
@@ -81,6 +115,20 @@ class TrainerConfig:
         if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision!r} is not supported with trainer.strategy=fsdp; "
                               f"use one of: {', '.join(FSDP_PRECISIONS)}")
+        for name in ("min_lr_ratio",):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must lie in [0, 1]")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must lie in [0, 1)")
+        for name in ("weight_decay", "grad_clip", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must be >= 0")
+        if str(self.accelerator).lower() not in ACCELERATORS:
+            raise ConfigError(f"trainer.accelerator={self.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+        if str(self.precision) not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check_devices(self.devices)
         bad = sorted(set(self.loggers) - {"csv", "tensorboard", "wandb"})
         if bad:
             raise ConfigError(f"trainer.loggers has unknown {bad[0]!r}; valid: csv, tensorboard, wandb")
@@ -97,10 +145,11 @@ class TrainConfig:
     trainer: TrainerConfig
     sample: SamplingConfig  # the samples decoded at the end of training
     run_dir: str
+    recipe: str | None = None  # the duo.recipes entry applied under the overrides, if any
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; feeding it back to :func:`build_config` gives the same config."""
-        return {
+        out = {
             "algo": {"_name": self.algo, **to_dict(self.algo_cfg)},
             "model": {"_name": self.model_preset, **to_dict(self.model)},
             "data": to_dict(self.data),
@@ -108,9 +157,10 @@ class TrainConfig:
             "sample": to_dict(self.sample),
             "run_dir": self.run_dir,
         }
+        return {"recipe": self.recipe, **out} if self.recipe else out
 
 
-SECTIONS = ("algo", "model", "data", "trainer", "sample", "run_dir", "config")
+SECTIONS = ("algo", "model", "data", "trainer", "sample", "run_dir", "config", "recipe")
 
 
 def _normalise(data: dict[str, Any]) -> dict[str, Any]:
@@ -139,19 +189,28 @@ def build_config(
     config_file: str | Path | None = None,
     base: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults (or ``base``, e.g. a saved run's config), then ``config_file`` (or
+    """Defaults (or ``base``, e.g. a saved run's config), then the recipe (``recipe=NAME``
+    among the overrides or in the file, :mod:`duo.recipes`), then ``config_file`` (or
     ``config=<path>`` among the overrides), then overrides. Raises ``ConfigError`` (a
     ``ValueError``) naming any bad key or value."""
     update = parse_overrides(overrides) if not isinstance(overrides, dict) else overrides
     update = _normalise(update)
     file_path = update.pop("config", None) or config_file
+    file_data = _normalise(load_yaml(file_path)) if file_path is not None else {}
+    recipe = update.pop("recipe", None) or file_data.pop("recipe", None)
+    file_data.pop("recipe", None)
     merged: dict[str, Any] = {"algo": {"_name": "duo"}, "model": {"_name": "tiny"}}
     if base is not None:
-        merged = merge(merged, _normalise(base))
-    if file_path is not None:
-        merged = merge(merged, _normalise(load_yaml(file_path)))
-    merged = merge(merged, update)
-    return _assemble(merged)
+        # A resolved config: its own recipe is already in its values and is not carried over.
+        merged = merge(merged, {k: v for k, v in _normalise(base).items() if k != "recipe"})
+    below = merged["algo"].get("_name", "duo")
+    if recipe is not None:
+        merged = merge(merged, _normalise(recipe_update(str(recipe))))
+    merged = merge(merge(merged, file_data), update)
+    if recipe is not None:
+        check_recipe_algo(str(recipe), merged["algo"].get("_name", "duo"), below)
+    cfg = _assemble(merged)
+    return dataclasses.replace(cfg, recipe=str(recipe)) if recipe is not None else cfg
 
 
 def _assemble(d: dict[str, Any]) -> TrainConfig:

@@ -12,23 +12,34 @@ from pathlib import Path
 from ..samplers import SamplingConfig
 from .common import parse_args, require_checkpoint, resolve_device
 
-METRICS = ("ppl", "zero-shot", "gen-ppl")
+METRICS = ("ppl", "zero-shot", "gen-ppl", "lm-eval")
 
 
 @dataclass
 class EvalArgs:
-    checkpoint: str | None = None
-    metrics: str = "ppl"
+    checkpoint: str | None = None  # a run directory, .ckpt, model folder or hf:<repo> (required)
+    metrics: str = "ppl"  # comma list of ppl, zero-shot, gen-ppl
     data: str | None = None  # ppl corpus: default the checkpoint's
-    split: str | None = None
+    split: str | None = None  # ppl / zero-shot split; default validation (or the corpus's test split)
     corpora: str | None = None  # zero-shot: comma list; default the paper's seven
-    max_batches: int | None = None
-    max_documents: int | None = None
+    max_batches: int | None = None  # cap on perplexity batches (quick checks)
+    max_documents: int | None = None  # cap on documents read per corpus
     judge: str = "gpt2-large"  # offline: an ar run directory
-    judge_max_length: int | None = None
-    device: str = "auto"
-    out: str | None = None
-    use_ema: bool = True
+    judge_max_length: int | None = None  # gen-ppl: judge context; None = the judge's own
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:<index>
+    out: str | None = None  # results folder; None = <run>/eval (results.json merges runs)
+    use_ema: bool = True  # evaluate the EMA weights (false: the raw weights)
+    tasks: str | None = None  # lm-eval: comma list of lm-evaluation-harness task names
+    task_path: str | None = None  # lm-eval: a folder of task YAML files (then only those tasks)
+    nelbo_samples: int = 16  # lm-eval: Monte-Carlo times per loglikelihood request (diffusion)
+    limit: int | None = None  # lm-eval: documents per task (quick checks)
+
+
+def help_text() -> str:
+    from .common import command_help
+
+    return command_help("eval", "usage: duo eval checkpoint=<run> metrics=ppl,zero-shot,gen-ppl [key=value ...]",
+                        EvalArgs, SamplingConfig(num_samples=16, batch_size=16))
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -60,6 +71,15 @@ def main(args: list[str]) -> int:
         plan = plan_sampling(loaded, sampling)
         judge = load_judge(a.judge, device)
     results: dict = {"checkpoint": str(loaded.path), "algo": loaded.algo}
+    if "lm-eval" in metrics:  # lm-evaluation-harness (the optional extra duo-lm[eval]); docs/lm_eval.md
+        from ..interop.lm_eval_model import run_lm_eval
+
+        results["lm_eval"] = run_lm_eval(
+            loaded, [t.strip() for t in (a.tasks or "").split(",") if t.strip()], include_path=a.task_path,
+            nelbo_samples=a.nelbo_samples, batch_size=sampling.batch_size or 32, limit=a.limit,
+            seed=sampling.seed, sampler=sampling.sampler, steps=sampling.steps)
+        for task, values in results["lm_eval"]["tasks"].items():
+            print(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
     if "ppl" in metrics:
         results["ppl"] = corpus_perplexity(loaded, a.data, a.split, **common).to_dict()
     if "zero-shot" in metrics:

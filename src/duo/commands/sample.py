@@ -19,11 +19,18 @@ from .common import parse_args, require_checkpoint, resolve_device
 
 @dataclass
 class SampleArgs:
-    checkpoint: str | None = None
-    device: str = "auto"
-    out: str | None = None
-    intermediates: bool = False
-    use_ema: bool = True
+    checkpoint: str | None = None  # a run directory, .ckpt, model folder or hf:<repo> (required)
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:<index>
+    out: str | None = None  # JSONL file for the samples; None = <run>/samples/sample-<sampler>-...jsonl
+    intermediates: bool = False  # also save every denoising state (.intermediates.pt)
+    use_ema: bool = True  # sample with the EMA weights (false: the raw weights)
+
+
+def help_text() -> str:
+    from .common import command_help
+
+    return command_help("sample", "usage: duo sample checkpoint=<run> [key=value ...]\n\n"
+                        "Prints the samples, then saves them as JSONL.", SampleArgs, SamplingConfig)
 
 
 def _default_out(loaded, sampler: str, steps: int | None, seed: int) -> Path:

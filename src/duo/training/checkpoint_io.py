@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..checkpoints import CHECKSUM_ALGORITHM, read_checkpoint, tensor_checksum, verify_checksum
-from ..utils.io import atomic_path
+from ..utils.io import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,8 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if isinstance(meta, dict):
             checkpoint["duo"] = {**meta, "checksum": {"algorithm": CHECKSUM_ALGORITHM,
                                                       "digest": tensor_checksum(checkpoint)}}
-        with atomic_path(Path(path)) as tmp:
-            torch.save(checkpoint, tmp)
+        atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         path = Path(path)

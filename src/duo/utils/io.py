@@ -33,8 +33,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over
     ``path``. On an exception the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:  # name the file the caller asked for, not a temp name
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -43,6 +46,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, default_file_mode())
         os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        if err.filename in (str(tmp_path), tmp_path, None) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -189,3 +197,38 @@ class RunDirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _os_error_behind(err: BaseException) -> OSError | None:
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_path`. Writes go through a Python file, so a
+    full disk or a revoked permission surfaces as the ``OSError`` naming the path and
+    its errno (torch alone reports ``unexpected pos ...``)."""
+    import shutil
+
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+        except RuntimeError as err:
+            cause = _os_error_behind(err)
+            if cause is not None:
+                raise OSError(cause.errno, cause.strerror, str(path)) from None
+            try:
+                full = shutil.disk_usage(path.parent).free < 1 << 20
+            except OSError:
+                full = False
+            if full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
