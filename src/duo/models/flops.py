@@ -105,3 +105,17 @@ def loose_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     per token. Kept to restate old MFU figures (multiply by strict / loose)."""
     c = flop_count(config, seq_len)
     return 6.0 * (c.per_token_params + c.per_sequence_params) + c.attention_per_token
+
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by a substring of the device name.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
+
+
+def peak_tflops(device: torch.device | str, precision: str) -> float | None:
+    """The dense half-precision peak of a known CUDA device under bf16/fp16 precision,
+    else None (CPU, fp32, an unknown card): MFU is then not reported."""
+    device = torch.device(device)
+    if device.type != "cuda" or not any(p in str(precision) for p in ("bf16", "16")):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)

@@ -17,6 +17,7 @@ import torch
 from ..config import TrainConfig
 from ..methods import build_method
 from ..models import compile_backbone
+from ..models.flops import peak_tflops, training_flops
 from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed
 from .ema import EMA
@@ -100,8 +101,18 @@ class DiffusionLM(pl.LightningModule):
             self.log(f"train/{k}", v, prog_bar=k in ("tau", "round", "delta"))
         now = time.perf_counter()
         if self._last_time is not None and micro == 0:
-            tokens = x.numel() * self.trainer.world_size * self.accumulate
-            self.log("train/tok_per_s", tokens / max(now - self._last_time, 1e-9), prog_bar=True)
+            world, seconds = self.trainer.world_size, max(now - self._last_time, 1e-9)
+            tokens = x.numel() * world * self.accumulate
+            self.log("train/tok_per_s", tokens / seconds, prog_bar=True)
+            # Model FLOPs counted strictly (duo.models.flops), per device.
+            key = (x.shape[0] * self.accumulate, x.shape[1])
+            if getattr(self, "_step_flops", (None,))[0] != key:  # counted once per shape
+                self._step_flops = (key, training_flops(self.backbone.config, *key))
+            flops = self._step_flops[1]
+            self.log("train/tflops_per_device", flops / seconds / 1e12)
+            peak = peak_tflops(self.device, str(self.trainer.precision))
+            if peak is not None:
+                self.log("train/mfu", flops / seconds / 1e12 / peak)
         if micro == 0:
             self._last_time = now
         return out.loss
