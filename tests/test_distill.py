@@ -283,3 +283,15 @@ def test_student_init_raw_starts_from_the_raw_weights_and_restores_the_ema(teach
     # the EMA differs from the raw weights, so the test tells the two starts apart
     params = [raw[k] for k, _ in load_checkpoint(teacher_run).backbone.named_parameters()]
     assert any(not torch.equal(a.float(), b.float()) for a, b in zip(params, want["shadow_params"]))
+
+
+def test_distill_recipe_applies_over_the_teachers_settings(teacher_run):
+    from duo.training.distill import distill_config
+
+    cfg, _ = distill_config(teacher_run, ["recipe=dcd-owt", "distill.T0=64"])
+    assert cfg.algo == "distill" and cfg.recipe == "dcd-owt"
+    assert (cfg.algo_cfg.T0, cfg.algo_cfg.time_draw, cfg.algo_cfg.student_init) == (64, "paper", "raw")
+    assert (cfg.trainer.lr, cfg.trainer.batch_size, cfg.trainer.max_steps) == (6e-5, 128, 50_000)
+    assert cfg.data.seq_len == 32  # the teacher's data
+    with pytest.raises(ConfigError, match="trains from scratch"):
+        distill_config(teacher_run, ["recipe=duo-owt"])
