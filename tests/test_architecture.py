@@ -20,7 +20,7 @@ LAYERS = [
     ["schedules", "duality", "processes", "data"],
     ["relaxation", "losses", "models", "samplers"],
     ["methods"],
-    ["config", "generation"],
+    ["config", "generation", "recipes"],
     ["loading"],
     ["interop"],
     ["checkpoints"],

@@ -55,6 +55,9 @@ def main(args: list[str]) -> int:
     from ..evaluation import (ZERO_SHOT_CORPORA, corpus_perplexity, load_judge, markdown_table, plan_sampling,
                               run_dir_of, sample_quality, write_results, zero_shot)
 
+    from ..recipes import expand_args
+
+    args = expand_args("eval", args)  # recipe=NAME: the paper's evaluation settings, yours win
     # The sampling keys (also seq_len, batch_size and seed of the perplexity metrics) are
     # SamplingConfig's; eval draws 16 samples in batches of 16 unless told otherwise.
     a, sampling = parse_args(args, "eval", EvalArgs, SamplingConfig(num_samples=16, batch_size=16))
