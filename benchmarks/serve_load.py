@@ -20,6 +20,7 @@ import argparse
 import datetime
 import http.client
 import json
+import os
 import platform
 import random
 import socket
@@ -137,6 +138,7 @@ def main() -> None:
             with lock:
                 records.append(record)
 
+    load_before = round(os.getloadavg()[0], 2)  # other work on a shared machine slows the server
     started = time.perf_counter()
     clients = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     for c in clients:
@@ -169,7 +171,7 @@ def main() -> None:
         "settings": {"clients": args.clients, "steps": args.steps, "n": args.n, "seeds": args.seeds,
                      "queue": args.queue, "seq_len": engine.loaded.cfg.data.seq_len, "device": str(engine.device),
                      "checkpoint": "tiny (32 hidden, 1 block, L=32)" if not args.checkpoint else checkpoint},
-        "machine": {"cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu_count": os.cpu_count(), "load_average_1min_before": load_before, "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "date": datetime.date.today().isoformat(),
     }

@@ -212,6 +212,26 @@ def test_identical_requests_run_as_one_batch_with_unchanged_results(server):
     assert [r["batched"] for r in results] == [2, 2]
 
 
+def test_an_autoregressive_checkpoint_is_served_too(loaded_runs, tiny_runs, tmp_path, capsys):
+    s = Server(create_app(ServeConfig(), loaded=loaded_runs["ar"]))
+    try:
+        assert list(s.request("GET", "/v1/model")[2]["samplers"]) == ["ar"]
+        status, _, out = s.post({"prompt": PROMPT, "n": 2, "seed": 4})
+        assert status == 200 and out["sampler"] == "ar" and all(t.startswith(PROMPT) for t in out["texts"])
+        jsonl = tmp_path / "ar.jsonl"
+        assert main(["sample", f"checkpoint={tiny_runs['ar']}", "num_samples=2", "seed=4", f"prefix={PROMPT}",
+                     f"out={jsonl}"]) == 0
+        capsys.readouterr()
+        assert [json.loads(line)["text"] for line in jsonl.read_text().splitlines()] == out["texts"]
+        events = s.stream({"prompt": PROMPT, "n": 2, "seed": 4})
+        assert [k for k, _ in events] == ["state", "done"] and events[0][1]["texts"] == out["texts"]
+        for body, field in (({"suffix": "end"}, "suffix"), ({"prompt": "a ____ b"}, "prompt")):
+            status, _, err = s.post(body)
+            assert status == 400 and err["field"] == field
+    finally:
+        s.stop()
+
+
 # ------------------------------------------------------------------ bad input
 BAD = [
     ({"sampler": "nope"}, "sampler", "unknown sampler"),

@@ -11,6 +11,15 @@ import sys
 MISSING_EXTRA = "duo serve needs the serve extra: pip install 'duo-lm[serve]'"
 
 
+def help_text() -> str:
+    from ..serve.config import ServeConfig
+    from .common import command_help
+
+    return command_help("serve", "usage: duo serve checkpoint=<run> [host=127.0.0.1 port=8000 key=value ...]\n\n"
+                        "Serves the page at / and the JSON API (/v1/generate, /v1/generate/stream, /v1/model, "
+                        "/healthz).", ServeConfig)
+
+
 def main(args: list[str]) -> int:
     try:
         import fastapi  # noqa: F401

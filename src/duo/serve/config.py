@@ -9,11 +9,11 @@ from dataclasses import dataclass
 class ServeConfig:
     """Server settings; :meth:`validate` raises one-line errors naming the field."""
 
-    checkpoint: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str = "auto"
-    use_ema: bool = True
+    checkpoint: str | None = None  # a run directory, .ckpt, model folder or hf:<repo>
+    host: str = "127.0.0.1"  # the address to listen on (0.0.0.0: every interface)
+    port: int = 8000  # 0 = any free port
+    device: str = "auto"  # auto | cpu | cuda | cuda:<index>
+    use_ema: bool = True  # the EMA weights when the checkpoint has them
     max_steps: int = 1024  # per request; steps above it -> 400
     max_samples: int = 8  # per request (n)
     max_length: int | None = None  # per request seq_len; None = the model's maximum length

@@ -203,6 +203,7 @@ class Engine:
         for job in group:
             if job.cancelled.is_set():
                 continue
+            self.stats["served"] += 1  # before the answer leaves: a client that has it sees it counted
             if final is not None and job.stream:
                 job.post("state", final)
             job.post("done", {
@@ -211,4 +212,3 @@ class Engine:
                 "steps": plan.steps, "seed": plan.config.seed, "n": plan.config.num_samples,
                 "seq_len": plan.seq_len, "batched": len(group),
                 "queue_seconds": round(started - job.submitted, 6)})
-            self.stats["served"] += 1

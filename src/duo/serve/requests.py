@@ -149,11 +149,18 @@ def prepare(loaded, body: dict[str, Any], limits: ServeConfig) -> Prepared:
         plan = plan_sampling(loaded, config)
     except ValueError as err:
         raise _config_error(err) from None
-    steps = plan.steps if plan.steps is not None else getattr(get_sampler(plan.sampler, **plan.options),
-                                                              "default_steps", None)
+    steps = plan.steps
+    if steps is None:
+        try:
+            steps = getattr(get_sampler(plan.sampler, **plan.options), "default_steps", None)
+        except (TypeError, ValueError):  # a sampler that needs the model's options to build
+            steps = None
     if steps is not None and steps > limits.max_steps:
         raise RequestError(f"steps: the {plan.sampler} sampler's default of {steps} steps is above this "
                            f"server's limit max_steps={limits.max_steps}; pass steps", "steps")
+    if plan.sampler == "ar" and plan.suffix:
+        raise RequestError("suffix: the autoregressive sampler only conditions on a prompt; drop the suffix",
+                           "suffix")
     clamp = None
     if template:
         if loaded.method.process.autoregressive:
