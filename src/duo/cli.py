@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .utils.io import describe_os_error
 
-        print(f"duo {ns.command}: error: cannot write or read {describe_os_error(err)}", file=sys.stderr)
+        print(f"duo {ns.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
 
 

@@ -61,10 +61,43 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_results(old: dict[str, Any], new: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """Earlier results updated by ``new``, metric by metric (zero-shot corpus by corpus),
+    with every run kept in ``history``: an evaluation never loses an earlier metric."""
+    history = list(old.get("history") or [])
+    if old and not history:  # a file from before histories: keep its run too
+        history.append({"time": None, **{k: v for k, v in old.items() if k != "history"}})
+    merged = {k: v for k, v in old.items() if k != "history"}
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key == "zero_shot":
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    merged["updated"] = stamp
+    history.append({"time": stamp, **new})
+    merged["history"] = history
+    return merged
+
+
 def write_results(results: dict[str, Any], out_dir: str | Path, header: str = "") -> tuple[Path, Path]:
-    """``results.json`` and ``results.md`` in ``out_dir``; returns their paths."""
+    """``results.json`` and ``results.md`` in ``out_dir``; returns their paths. Results of
+    earlier runs in the same folder are kept (merged per metric, and in ``history``)."""
+    import time
+
     out = Path(out_dir)
     json_path, md_path = out / "results.json", out / "results.md"
-    atomic_write_text(json_path, json.dumps(results, indent=2, default=str) + "\n")
-    atomic_write_text(md_path, (f"{header}\n\n" if header else "") + markdown_table(results))
+    old: dict[str, Any] = {}
+    if json_path.is_file():
+        try:
+            old = json.loads(json_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # Unreadable: kept under another name rather than overwritten.
+            json_path.replace(json_path.with_name(f"results.unreadable-{int(time.time())}.json"))
+        if not isinstance(old, dict):
+            old = {}
+    if old and old.get("checkpoint") not in (None, results.get("checkpoint")):
+        old = {"history": old.get("history") or [{"time": None, **old}]}  # another checkpoint's numbers
+    merged = merge_results(old, results, time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_text(json_path, json.dumps(merged, indent=2, default=str) + "\n")
+    atomic_write_text(md_path, (f"{header}\n\n" if header else "") + markdown_table(merged))
     return json_path, md_path

@@ -90,7 +90,10 @@ def distill_config(checkpoint: str | Path, overrides: list[str]):
     base = loaded.cfg.to_dict()
     base["algo"] = {"_name": "distill", "schedule": base["algo"].get("schedule", "loglinear"),
                     "eps": base["algo"].get("eps", 1e-3)}
-    base["run_dir"] = str(Path(base["run_dir"]).with_name(Path(base["run_dir"]).name + "-distilled"))
+    # Next to the run given (not the run_dir recorded inside it): <run>-distilled, unless run_dir=.
+    src = Path(loaded.path)
+    run = src.parent.parent if src.parent.name == "checkpoints" else src if src.is_dir() else src.parent
+    base["run_dir"] = str(run.with_name(run.name + "-distilled"))
     cfg = build_config(rewritten, base=base)
     if not any(o.startswith("trainer.max_steps=") for o in rewritten):
         cfg = replace_section(cfg, "trainer", max_steps=cfg.algo_cfg.total_steps)

@@ -147,6 +147,9 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="step_{step}", auto_insert_metric_name=False,
             every_n_train_steps=tc.ckpt_every, save_top_k=-1, save_last=True,
+            # One writer per run directory (the lock): last.ckpt is always replaced, never
+            # versioned as last-v1.ckpt (e.g. after the run directory was moved).
+            enable_version_counter=False,
         ),
         MetricsHistory(run_dir, tc.log_every, curriculum_end, bound=not get_method_spec(cfg.algo).causal),
         *(extra_callbacks or []),

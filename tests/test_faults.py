@@ -1,0 +1,327 @@
+"""Faults and bad inputs: each ends in one clear line, and nothing earlier is lost.
+
+One tiny run (4 steps, checkpoints at steps 2 and 4) is trained once; each test damages
+a copy of it and checks the one-line message and that the earlier files survive."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from duo.checkpoints import load_checkpoint, read_checkpoint
+from duo.cli import main
+from duo.utils.io import RunDirLock, atomic_write_text
+
+from conftest import tiny_overrides
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and "weights_only=False" not in err, err
+    assert lines and lines[-1].startswith(f"duo {command}: error: "), err
+    assert sum(line.startswith(f"duo {command}: error") for line in lines) == 1, err
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_corpus, duo_cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("faults") / "run"
+    assert main(["-q", "train", *_train_args(tiny_corpus, duo_cache, run, 4)]) == 0
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step_2.ckpt", "step_4.ckpt"], names
+    return run
+
+
+def _train_args(corpus, cache, run, steps: int) -> list[str]:
+    return tiny_overrides(corpus, cache, run, f"trainer.max_steps={steps}", "trainer.ckpt_every=2",
+                          "algo.curriculum=none", "trainer.batch_size=4")
+
+
+@pytest.fixture
+def run(base_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(base_run, copy)
+    return copy
+
+
+def _steps(run: Path) -> list[tuple[str, int]]:
+    return [(r["split"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def _storage_offset(path: Path) -> int:
+    """Byte offset of the first weight tensor's data inside a torch zip checkpoint."""
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename and i.file_size >= 64)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        n, m = int.from_bytes(fh.read(2), "little"), int.from_bytes(fh.read(2), "little")
+    return info.header_offset + 30 + n + m
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def test_checkpoints_carry_a_checksum(base_run):
+    meta = read_checkpoint(base_run / "checkpoints" / "last.ckpt")["duo"]
+    assert meta["checksum"]["algorithm"] == "sha256" and len(meta["checksum"]["digest"]) == 64
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.5, -20])
+def test_truncated_checkpoint_is_one_line(run, capsys, keep):
+    last = run / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else (len(data) + keep if keep < 0 else keep)
+    last.write_bytes(data[:n])
+    code, _, err = _cli(capsys, "sample", f"checkpoint={run}", "num_samples=1", "steps=2")
+    line = _one_line_error(err, "sample")
+    assert code == 2 and str(last) in line and ("empty" in line or "truncated" in line or "corrupt" in line), line
+    load_checkpoint(run / "checkpoints" / "step_4.ckpt")  # the earlier checkpoint still loads
+
+
+def test_flipped_bytes_in_a_weight_fail_the_checksum(run, capsys):
+    last = run / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    at = _storage_offset(last) + 8
+    data[at:at + 4] = bytes(b ^ 0xFF for b in data[at:at + 4])
+    last.write_bytes(bytes(data))
+    code, out, err = _cli(capsys, "eval", f"checkpoint={run}", "max_batches=1")
+    line = _one_line_error(err, "eval")
+    assert code == 2 and "checksum" in line and str(last) in line and "step_" in line, line
+    assert not (run / "eval").exists()  # no number printed or saved from damaged weights
+
+
+def test_checkpoints_without_a_checksum_still_load(run):
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["duo"]["checksum"]
+    torch.save(ckpt, last)
+    assert load_checkpoint(run).algo == "duo"
+
+
+def test_a_pickle_that_would_run_code_is_refused_in_one_line(run, capsys, tiny_corpus, duo_cache):
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["evil"] = subprocess.Popen  # a global torch's weights_only loader refuses
+    torch.save(ckpt, last)
+    (run / "checkpoints" / "step_2.ckpt").unlink()
+    (run / "checkpoints" / "step_4.ckpt").unlink()
+    code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, duo_cache, run, 6))
+    line = _one_line_error(err, "train")
+    assert code == 2 and str(last) in line and "refuses" in line, line
+    assert last.is_file()  # nothing overwritten
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_skips_a_truncated_last_and_cleans_temp_files(run, capsys, tiny_corpus, duo_cache):
+    """What a kill during a checkpoint write leaves: a partial temp file (and, had the
+    rename not been atomic, a truncated last.ckpt). The rerun resumes from step_4."""
+    ckpts = run / "checkpoints"
+    (ckpts / ".last.ckpt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 partial")
+    (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:1000])
+    code, _, err = _cli(capsys, "train", *_train_args(tiny_corpus, duo_cache, run, 6),
+                        "trainer.progress_bar=false")
+    assert code == 0, err
+    assert f"resuming from {ckpts / 'step_4.ckpt'} (step 4)" in err
+    assert "skipping a damaged checkpoint" in err and "last.ckpt" in err
+    assert not list(ckpts.glob(".*.tmp"))
+    assert read_checkpoint(ckpts / "last.ckpt")["global_step"] == 6
+    steps = [s for split, s in _steps(run) if split == "train"]
+    assert steps == sorted(set(steps)) == [1, 2, 3, 4, 5, 6]  # no step twice
+
+
+def test_kill_during_the_first_checkpoint_write(tmp_path, tiny_corpus, duo_cache, base_run):
+    """A real kill: a run is stopped by SIGKILL while it writes last.ckpt (its write
+    blocks on a pipe); the rerun resumes from the complete step_2.ckpt."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(base_run / "checkpoints" / "step_2.ckpt", run / "checkpoints" / "step_2.ckpt")
+    script = (
+        "import os, sys, torch, duo.utils.io as io\n"
+        "real = torch.save\n"
+        "def slow(obj, fh):\n"
+        "    fh.write(b'PK partial'); fh.flush(); print('writing', flush=True); os.read(0, 1)\n"
+        "torch.save = slow\n"
+        "from duo.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = _train_args(tiny_corpus, duo_cache, run, 4)
+    proc = subprocess.Popen([sys.executable, "-c", script, "-q", "train", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        assert proc.stdout.readline().strip() == b"writing"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert list((run / "checkpoints").glob(".*.tmp"))  # the killed write's temp file
+    assert (run / ".duo.lock").is_file()  # and its lock, now stale
+    out = subprocess.run([sys.executable, "-m", "duo.cli", "train", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "took over a stale lock" in out.stderr
+    assert "resuming from" in out.stderr and "step_2.ckpt (step 2)" in out.stderr
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_rejected_resume_leaves_config_yaml_alone(run, capsys, tiny_corpus, duo_cache):
+    before = (run / "config.yaml").read_text()
+    code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, duo_cache, run, 6), "model.n_blocks=2")
+    line = _one_line_error(err, "train")
+    assert code == 2 and "another size" in line, line
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_a_second_train_on_the_same_run_dir_refuses(run, capsys, tiny_corpus, duo_cache):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (run / ".duo.lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+        before = sorted((p.name, p.stat().st_mtime_ns) for p in (run / "checkpoints").iterdir())
+        code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, duo_cache, run, 6))
+        line = _one_line_error(err, "train")
+        assert code == 2 and "in use" in line and str(holder.pid) in line, line
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in (run / "checkpoints").iterdir()) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_is_released_and_stale_locks_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    tmp_path.joinpath(".duo.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    with RunDirLock(tmp_path) as lock:
+        assert lock.took_over and str(dead.pid) in lock.took_over
+        assert tmp_path.joinpath(".duo.lock").read_text().split()[0] == str(os.getpid())
+    assert not tmp_path.joinpath(".duo.lock").exists()
+
+
+# ----------------------------------------------------------------------------- I/O faults
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(run, capsys, monkeypatch, tiny_corpus,
+                                                                       duo_cache):
+    def full(obj, fh):
+        fh.write(b"PK partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, duo_cache, run, 6))
+    line = _one_line_error(err, "train")
+    assert code == 1 and "no space left" in line and str(run / "checkpoints") in line, line
+    monkeypatch.undo()
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_disk_full_during_eval_keeps_the_earlier_results(run, capsys, monkeypatch):
+    assert _cli(capsys, "eval", f"checkpoint={run}", "max_batches=1")[0] == 0
+    before = (run / "eval" / "results.json").read_text()
+
+    real = Path.write_text
+
+    def full(self, *a, **k):  # the disk fills up when the results are written
+        if "results" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    code, _, err = _cli(capsys, "eval", f"checkpoint={run}", "max_batches=1")
+    monkeypatch.undo()
+    line = _one_line_error(err, "eval")
+    assert code == 1 and "no space left" in line and "results.json" in line, line
+    assert (run / "eval" / "results.json").read_text() == before
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A directory this process cannot write into: chmod where that binds, else (root)
+    a path under a regular file."""
+    if os.geteuid() != 0:
+        d = tmp_path / "readonly"
+        d.mkdir()
+        d.chmod(0o500)
+        return d / "out"
+    return Path("/dev/null") / "out"
+
+
+def test_read_only_output_prints_samples_first(run, capsys, tmp_path):
+    target = _unwritable(tmp_path)
+    code, out, err = _cli(capsys, "sample", f"checkpoint={run}", "num_samples=2", "steps=2",
+                          f"out={target / 'samples.jsonl'}")
+    line = _one_line_error(err, "sample")
+    assert code == 1 and str(target) in line and ("permission" in line or "not a directory" in line
+                                                  or "a part of the path is a file" in line), line
+    assert "--- sample 0 ---" in out and "--- sample 1 ---" in out
+
+
+def test_read_only_run_dir_for_train_and_eval(run, capsys, tmp_path, tiny_corpus, duo_cache):
+    target = _unwritable(tmp_path)
+    code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, duo_cache, target / "run", 2))
+    line = _one_line_error(err, "train")
+    assert code == 1 and str(target) in line, line
+    code, _, err = _cli(capsys, "eval", f"checkpoint={run}", "max_batches=1", f"out={target}")
+    line = _one_line_error(err, "eval")
+    assert code == 1 and str(target) in line, line
+
+
+# ----------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("trainer.devices=0", "trainer.devices=0"),
+    ("trainer.devices=-3", "valid:"),
+    ("trainer.accelerator=quantum", "trainer.accelerator='quantum'"),
+    ("trainer.beta2=1.5", "[0, 1)"),
+    ("data.seq_len=64", "data.seq_len=64 exceeds the model's maximum length 32"),
+])
+def test_bad_trainer_values_fail_before_any_work(override, expected, capsys, tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    cache = tmp_path / "cache"
+    code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, str(cache), run, 2), override)
+    line = _one_line_error(err, "train")
+    assert code == 2 and expected in line, line
+    assert not cache.exists() and not (run / "config.yaml").exists()  # no tokenizer, cache or config built
+
+
+def test_files_get_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_eval_results_are_merged_not_overwritten(run, capsys, tmp_path):
+    from duo.evaluation.report import write_results
+
+    write_results({"checkpoint": "c", "ppl": {"ppl": 2.0, "bound": True, "num_tokens": 1, "nelbo": 0.7}}, tmp_path)
+    write_results({"checkpoint": "c", "gen_ppl_dummy": {"x": 1}}, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["ppl"]["ppl"] == 2.0 and saved["gen_ppl_dummy"] == {"x": 1} and len(saved["history"]) == 2
+
+
+def test_command_help_lists_keys(capsys):
+    code, out, _ = _cli(capsys, "train", "--help")
+    assert code == 0 and "trainer.devices" in out and "data.seq_len" in out and "default" in out
+    code, out, _ = _cli(capsys, "sample", "--help")
+    assert code == 0 and "num_samples" in out and "default 4" in out
+    code, out, _ = _cli(capsys, "-q", "eval", "-h")
+    assert code == 0 and "metrics" in out
