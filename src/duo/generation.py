@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .samplers import Conditioning, check_fits, generate, get_sampler
+from .samplers.registry import SAMPLERS
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Generation:
     nfe: int
     seconds: float
     intermediates: list[Tensor] | None = None
+    lengths: list[int] | None = None  # semi-AR: tokens before each sample's first EOS
 
     @property
     def tokens_per_second(self) -> float:
@@ -44,6 +46,20 @@ def _denoiser(method):
     time_conditioned = not method.process.masked or bool(getattr(method.cfg, "time_conditioning", True))
     denoise.time_conditioned = time_conditioned  # type: ignore[attr-defined]
     return denoise
+
+
+def _score(method):
+    """``score(z, alpha_t) -> log score ratios (B, L, K)`` for the SEDD samplers: a score
+    model's own, or a masked denoiser's ``log x_theta + log(alpha / (1 - alpha))``."""
+    if method.process.score:
+        return method.score
+
+    def score(z: Tensor, alpha_t: Tensor) -> Tensor:
+        a = alpha_t.double().reshape(-1, 1, 1)
+        log_ratio = (torch.log(a) - torch.log1p(-a)).float()
+        return (method.denoiser(z, alpha_t).float() + log_ratio).scatter(-1, z[..., None], 0.0)
+
+    return score
 
 
 @torch.no_grad()
@@ -88,9 +104,12 @@ def generate_tokens(
         finally:
             method.backbone.train(was_training)
         return out.tokens, out.nfe, None
+    options = {**getattr(method, "sampler_options", lambda _: {})(name), **options}
+    takes_score = SAMPLERS[name].score
     if method.process.masked:
         options.setdefault("mask_id", method.mask_id)
-        options.setdefault("process", method.process.kind)
+        if not takes_score:
+            options.setdefault("process", method.process.kind)
     conds = [c for c in (clamp,
                          Conditioning.prefix(prefix, seq_len) if prefix is not None else None,
                          Conditioning.suffix(suffix, seq_len) if suffix is not None else None) if c is not None]
@@ -104,7 +123,8 @@ def generate_tokens(
     method.backbone.eval()
     try:
         out = generate(
-            get_sampler(name, **options), _denoiser(method), schedule or method.schedule,
+            get_sampler(name, **options), _score(method) if takes_score else _denoiser(method),
+            schedule or method.schedule,
             batch_size=num_samples, seq_len=seq_len, vocab_size=method.vocab_size, steps=steps,
             seed=seed, device=device, clamp=cond, return_intermediates=return_intermediates,
             progress=progress, protocol=protocol,

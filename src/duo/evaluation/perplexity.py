@@ -156,7 +156,8 @@ def perplexity(
             sums["total"] += float(out.nelbo_sum)
             sums["tokens"] += float(out.num_tokens)
             sums["prior"] += float(out.metrics.get("prior_kl_per_token", 0.0)) * float(out.num_tokens)
-            if diffusion:
+            if diffusion and not getattr(method, "bound_includes_reconstruction", False):
+                # (D3PM's discrete-time ELBO holds its reconstruction term as step 1 of T.)
                 recon, count = _reconstruction(method, batch, gen)
                 sums["recon"] += float(recon)
                 sums["recon_tokens"] += float(count)

@@ -4,12 +4,14 @@ sample-quality metrics (Gen PPL + entropy)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from ..generation import Generation, generate_text, resolve_sampler
+from ..generation import Generation, decode, generate_text, generate_tokens, resolve_sampler
+from ..samplers.semi_ar import check_semi_ar, semi_autoregressive
 from ..samplers import SamplingConfig
 from ..utils.seeding import derive_seed
 from .genppl import GenPPLResult, decode_keeping_eos, generative_perplexity, unigram_entropy
@@ -85,6 +87,7 @@ class SamplingPlan:
     seq_len: int
     prefix: list[int] = field(default_factory=list)
     suffix: list[int] = field(default_factory=list)
+    length: int | None = None  # > seq_len: semi-autoregressive windows of seq_len tokens
 
 
 def pick_sampler(loaded, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
@@ -112,7 +115,19 @@ def plan_sampling(loaded, config: SamplingConfig) -> SamplingPlan:
     if bos + len(prefix) + len(suffix) > seq_len:
         raise ValueError(f"prefix/suffix of {bos + len(prefix) + len(suffix)} tokens is longer than the "
                          f"sequence (seq_len={seq_len}); shorten it or raise seq_len")
-    return SamplingPlan(config, sampler, steps, options, seq_len, prefix, suffix)
+    length = None
+    if config.length is not None and config.length != seq_len:
+        if config.length < seq_len:
+            seq_len = config.length
+        else:
+            if not loaded.method.process.diffusion:
+                raise ValueError(f"length={config.length} > seq_len={seq_len}: semi-autoregressive "
+                                 "generation is for diffusion models; an AR model samples up to its maximum length")
+            if suffix:
+                raise ValueError("suffix= cannot be combined with semi-autoregressive generation (length > seq_len)")
+            check_semi_ar(config.length, seq_len, config.stride)
+            length = config.length
+    return SamplingPlan(config, sampler, steps, options, seq_len, prefix, suffix, length)
 
 
 def sample(loaded, config: SamplingConfig | SamplingPlan | None = None, *,
@@ -128,12 +143,39 @@ def sample(loaded, config: SamplingConfig | SamplingPlan | None = None, *,
     def ids(tokens: list[int]):
         return torch.tensor(tokens, dtype=torch.long, device=device) if tokens else None
 
+    if plan.length is not None:
+        return _semi_ar(loaded, plan, device, ids(plan.prefix), progress)
     return generate_batched(
         loaded, num_samples=cfg.num_samples, batch_size=cfg.batch_size, seed=cfg.seed, seq_len=plan.seq_len,
         sampler=plan.sampler, steps=plan.steps, options=plan.options, device=device,
         prefix=ids(plan.prefix), suffix=ids(plan.suffix), return_intermediates=return_intermediates,
         progress=progress, protocol=cfg.protocol,
     )
+
+
+def _semi_ar(loaded, plan: SamplingPlan, device, prefix, progress: bool) -> Generation:
+    """``plan.length`` tokens per sample in windows of ``plan.seq_len`` (see samplers.semi_ar)."""
+    cfg, method, tok = plan.config, loaded.method, loaded.tokenizer
+    batch_size = cfg.batch_size or cfg.num_samples
+    parts, nfe, start = [], 0, time.perf_counter()
+    for i, first in enumerate(range(0, cfg.num_samples, batch_size)):
+        n = min(batch_size, cfg.num_samples - first)
+
+        def window(clamp, seed, n=n):
+            tokens, calls, _ = generate_tokens(
+                method, num_samples=n, seq_len=plan.seq_len, sampler=plan.sampler, steps=plan.steps,
+                seed=seed, prefix=prefix if clamp is None else None, clamp=clamp, options=plan.options,
+                device=device, progress=progress, protocol=cfg.protocol)
+            return tokens, calls
+
+        out = semi_autoregressive(window, batch_size=n, length=plan.length, context=plan.seq_len,
+                                  stride=cfg.stride, seed=cfg.seed if i == 0 else derive_seed(cfg.seed, i),
+                                  eos_id=getattr(tok, "eos_id", None))
+        parts.append(out)
+        nfe = out.nfe
+    tokens = torch.cat([p.tokens for p in parts]).cpu()
+    return Generation(tokens, decode(tok, tokens, getattr(method, "mask_id", None)), nfe,
+                      time.perf_counter() - start, lengths=[n for p in parts for n in p.lengths])
 
 
 def sample_quality(

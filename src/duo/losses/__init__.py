@@ -12,10 +12,12 @@ from .fused_kl import distillation_kl_from_logits
 from .fused_nelbo import usdm_nelbo_from_logits
 from .reference import (
     ar_nll,
+    d3pm_elbo,
     distillation_kl,
     kl_terms,
     mdlm_nelbo,
     reconstruction_nll,
+    sedd_dse,
     uniform_decoder_nll,
     usdm_from_sums,
     usdm_nelbo,
@@ -26,6 +28,6 @@ from .reference import (
 __all__ = [
     "LOSS_CHUNK", "LOSS_KINDS", "LossKind", "default_chunk", "token_loss",
     "distillation_kl_from_logits", "usdm_nelbo_from_logits",
-    "ar_nll", "distillation_kl", "kl_terms", "mdlm_nelbo", "reconstruction_nll",
+    "ar_nll", "d3pm_elbo", "sedd_dse", "distillation_kl", "kl_terms", "mdlm_nelbo", "reconstruction_nll",
     "uniform_decoder_nll", "usdm_from_sums", "usdm_nelbo", "usdm_nelbo_naive", "usdm_rates",
 ]

@@ -199,3 +199,67 @@ def kl_terms(log_p: Tensor, log_q: Tensor, p: Tensor | None = None) -> Tensor:
     0 where p has no mass (0 log 0 = 0); ``p = exp(log_p)`` if not given."""
     p = log_p.exp() if p is None else p
     return torch.where(p > 0, p * (log_p - log_q), 0.0)
+
+
+def sedd_dse(
+    log_score: Tensor,
+    z_t: Tensor,
+    x: Tensor,
+    alpha_t: Tensor | float,
+    dalpha_t: Tensor | float,
+    mask_id: int,
+) -> Tensor:
+    """SEDD's denoising score entropy for the masked process, per token (B, L) >= 0.
+
+    With ``sigma = -log alpha_t`` the masked process moves every token to the mask at
+    rate ``sigma'`` (= ``-alpha'/alpha``), so only masked positions contribute, with
+    ``r = q_t(x) / q_t(mask) = alpha / (1 - alpha) = 1 / (e^sigma - 1)``:
+
+        sigma' * [ sum_{y != mask} s_y - r log s_x + r (log r - 1) ]
+
+    ``log_score`` (B, L, K): log ratios ``log s_y`` (the mask column is ignored). Its
+    expectation over ``t ~ U[0, 1]`` and ``z_t`` bounds ``-log p_theta(x)`` (an ELBO).
+    """
+    K = _check_pair(log_score, z_t, x)
+    if not 0 <= mask_id < K:
+        raise ValueError(f"mask_id={mask_id} must be an id in [0, {K})")
+    a = as_alpha(alpha_t, z_t, "alpha_t").to(log_score.dtype).broadcast_to(z_t.shape)
+    da = as_alpha(dalpha_t, z_t, "dalpha_t").to(log_score.dtype).broadcast_to(z_t.shape)
+    dsigma = -da / a
+    r = a / (1.0 - a).clamp_min(1e-12)
+    keep = torch.ones(K, dtype=torch.bool, device=log_score.device)
+    keep[mask_id] = False
+    pos = log_score[..., keep].exp().sum(-1)
+    neg = r * log_score.gather(-1, x[..., None]).squeeze(-1)
+    const = r * (torch.log(r) - 1.0)
+    out = dsigma * (pos - neg + const)
+    return torch.where(z_t == mask_id, out, torch.zeros_like(out))
+
+
+def d3pm_elbo(
+    log_x_theta: Tensor,
+    z_t: Tensor,
+    x: Tensor,
+    alpha_s: Tensor | float,
+    alpha_t: Tensor | float,
+    mask_id: int,
+    T: int,
+) -> Tensor:
+    """D3PM's discrete-time ELBO term for the masked process, scaled by ``T``, per token.
+
+    Step ``i`` of ``T`` (``t = i/T``, ``s = (i-1)/T``) contributes
+    ``KL(q(z_s | z_t, x) || p_theta(z_s | z_t))``; with a denoiser that puts no mass on the
+    mask both distributions keep the mask with ``(1 - a_s)/(1 - a_t)`` and the KL is
+    ``(a_s - a_t)/(1 - a_t) * (-log x_theta[x])`` on masked positions (0 elsewhere). With
+    ``i`` uniform on ``{1..T}``, ``T * E_i[term]`` is the sum over the T steps (step 1,
+    ``a_s = 1``, is the reconstruction term). As ``T`` grows it tends to the continuous
+    MDLM NELBO (:func:`mdlm_nelbo`). Returns (B, L) >= 0.
+    """
+    K = _check_pair(log_x_theta, z_t, x)
+    if not 0 <= mask_id < K:
+        raise ValueError(f"mask_id={mask_id} must be an id in [0, {K})")
+    a_s = as_alpha(alpha_s, z_t, "alpha_s").double()
+    a_t = as_alpha(alpha_t, z_t, "alpha_t").double()
+    weight = (T * (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)).float()
+    log_px = log_x_theta.float().gather(-1, x[..., None]).squeeze(-1)
+    return torch.where(z_t == mask_id, -weight * log_px, torch.zeros_like(log_px))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from .ar import ArMethod
 from .base import LossOutput, reduce_tokens
-from .config import ArConfig, DistillConfig, DuoConfig, MdlmConfig
+from .config import ArConfig, D3pmConfig, DistillConfig, DuoConfig, MdlmConfig, SeddConfig
+from .d3pm import D3pmMethod
+from .sedd import SeddMethod, score_log_ratios
 from .distill import DistillMethod, round_and_delta
 from .duo import DuoMethod, curriculum_length, tau_at
 from .mdlm import MdlmMethod
@@ -19,5 +21,6 @@ __all__ = [
     "METHODS", "MethodSpec", "BuiltMethod", "build_method", "get_method_spec", "model_overrides",
     "LossOutput", "reduce_tokens",
     "DuoMethod", "MdlmMethod", "ArMethod", "DuoConfig", "MdlmConfig", "ArConfig",
+    "SeddMethod", "SeddConfig", "score_log_ratios", "D3pmMethod", "D3pmConfig",
     "curriculum_length", "tau_at", "DistillConfig", "DistillMethod", "round_and_delta",
 ]

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .ar import ArMethod
-from .config import ArConfig, DistillConfig, DuoConfig, MdlmConfig
+from .config import ArConfig, D3pmConfig, DistillConfig, DuoConfig, MdlmConfig, SeddConfig
+from .d3pm import D3pmMethod
 from .distill import DistillMethod
 from .duo import DuoMethod
 from .mdlm import MdlmMethod
+from .sedd import SeddMethod
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ METHODS: dict[str, MethodSpec] = {
     "duo": MethodSpec(DuoConfig, DuoMethod, causal=False, time_conditioning_field=None),
     "mdlm": MethodSpec(MdlmConfig, MdlmMethod, causal=False, time_conditioning_field="time_conditioning"),
     "ar": MethodSpec(ArConfig, ArMethod, causal=True, time_conditioning_field=None),
+    "sedd": MethodSpec(SeddConfig, SeddMethod, causal=False, time_conditioning_field=None),
+    "d3pm": MethodSpec(D3pmConfig, D3pmMethod, causal=False, time_conditioning_field=None),
     "distill": MethodSpec(DistillConfig, DistillMethod, causal=False, time_conditioning_field=None),
 }
 

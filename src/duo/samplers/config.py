@@ -15,6 +15,7 @@ from typing import Any
 from .grid import PROTOCOLS
 from .psi import KAPPA_RULES
 from .registry import SAMPLERS
+from .semi_ar import check_semi_ar
 
 # Kappa modes whose value is kappa itself, and modes that take no value (see psi.py).
 _KAPPA_VALUED = ("kappa", "paper-constant")
@@ -41,11 +42,14 @@ class SamplingConfig:
     kappa_mode: str | None = None  # psi: a KAPPA_RULES name; None = remdm-rescale (paper: paper-max-rescale)
     temperature: float | None = None  # ar only, >= 0 (0 = greedy)
     protocol: str = "ours"  # ours | paper (the official code's grid: steps + 1 network calls)
+    length: int | None = None  # tokens per sample; > the context generates semi-autoregressively
+    stride: int | None = None  # semi-AR: new tokens per window, < the context (default: half of it)
 
     def validate(self) -> "SamplingConfig":
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
-        for name, low in (("steps", 1), ("batch_size", 1), ("seq_len", 1), ("top_k", 0)):
+        for name, low in (("steps", 1), ("batch_size", 1), ("seq_len", 1), ("top_k", 0), ("length", 1),
+                          ("stride", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"{name}={value!r} must be an integer >= {low} (or unset for the default)")
@@ -63,6 +67,10 @@ class SamplingConfig:
             raise ValueError(f"kappa_mode={self.kappa_mode!r} is unknown; valid modes: {', '.join(KAPPA_RULES)}")
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature={self.temperature!r} must be >= 0 (0 = greedy)")
+        if self.stride is not None and self.length is None:
+            raise ValueError(f"stride={self.stride} applies to semi-autoregressive generation; add length=")
+        if self.length is not None and self.seq_len is not None and self.length > self.seq_len:
+            check_semi_ar(self.length, self.seq_len, self.stride)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol={self.protocol!r} is unknown; valid protocols: {', '.join(PROTOCOLS)}")
         if self.sampler is not None:

@@ -8,13 +8,16 @@ from typing import Callable
 
 from .ancestral import AncestralSampler, greedy_tail_sampler, mdlm_sampler
 from .ar import ARSampler
+from .d3pm import D3pmSampler
 from .psi import PsiSampler
+from .sedd import sedd_analytic_sampler, sedd_euler_sampler
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     factory: Callable[..., object]
     processes: tuple[str, ...]  # ProcessKind.kind values it runs on
+    score: bool = False  # it takes a score callable (log ratios), not a denoiser
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -23,6 +26,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "psi": SamplerSpec(PsiSampler, ("uniform", "absorbing")),
     "mdlm": SamplerSpec(mdlm_sampler, ("absorbing",)),
     "ar": SamplerSpec(ARSampler, ("causal",)),
+    "d3pm": SamplerSpec(D3pmSampler, ("absorbing",)),
+    # Score samplers: a masked denoiser serves as a score too (s_y = alpha/(1-alpha) x_y).
+    "sedd_analytic": SamplerSpec(sedd_analytic_sampler, ("absorbing-score", "absorbing"), score=True),
+    "sedd_euler": SamplerSpec(sedd_euler_sampler, ("absorbing-score", "absorbing"), score=True),
 }
 
 
