@@ -70,7 +70,7 @@ def accuracy(lm, tok, qs) -> tuple[float, float]:
 
 
 def main() -> None:
-    from duo.interop.lm_eval_model import DuoLM
+    from duo.evaluation.lm_eval_model import DuoLM
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=100)

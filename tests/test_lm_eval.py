@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("lm_eval", reason="lm-eval is the optional extra duo-lm[eval]; pip install 'duo-lm[eval]'")
 
 from duo.cli import main  # noqa: E402
-from duo.interop.lm_eval_model import DuoLM, run_lm_eval  # noqa: E402
+from duo.evaluation.lm_eval_model import DuoLM, run_lm_eval  # noqa: E402
 
 from test_evaluation import loaded_runs, tiny_runs  # noqa: E402,F401  (session fixtures)
 
@@ -147,7 +147,7 @@ def test_bad_input_one_line_errors(tiny_runs, loaded_runs, task_dir, capsys, mon
                  f"task_path={task_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no_such_task" in err
-    import duo.interop.lm_eval_model as mod
+    import duo.evaluation.lm_eval_model as mod
 
     monkeypatch.setattr(mod, "register_model", None)  # as if the extra were not installed
     code = main(["eval", f"checkpoint={tiny_runs['ar']}", "metrics=lm-eval", "tasks=duo_tiny_mcq"])

@@ -75,7 +75,7 @@ def main(args: list[str]) -> int:
         judge = load_judge(a.judge, device)
     results: dict = {"checkpoint": str(loaded.path), "algo": loaded.algo}
     if "lm-eval" in metrics:  # lm-evaluation-harness (the optional extra duo-lm[eval]); docs/lm_eval.md
-        from ..interop.lm_eval_model import run_lm_eval
+        from ..evaluation.lm_eval_model import run_lm_eval
 
         results["lm_eval"] = run_lm_eval(
             loaded, [t.strip() for t in (a.tasks or "").split(",") if t.strip()], include_path=a.task_path,

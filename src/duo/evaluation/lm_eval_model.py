@@ -27,7 +27,6 @@ Estimators (docs/lm_eval.md):
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -58,9 +57,9 @@ def require_lm_eval() -> None:
 
 
 def _load(checkpoint: str, use_ema: bool, device: str):
-    # duo.checkpoints sits above interop in the layer order; this entry point is built by
-    # lm-eval from a string, so it looks the loader up when it runs.
-    return importlib.import_module("duo.checkpoints").load_checkpoint(checkpoint, use_ema=use_ema, device=device)
+    from ..checkpoints import load_checkpoint  # lm-eval builds the model from a string
+
+    return load_checkpoint(checkpoint, use_ema=use_ema, device=device)
 
 
 def _flag(value: Any) -> bool:
