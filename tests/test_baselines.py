@@ -383,3 +383,35 @@ def test_bad_d3pm_config_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"algo.T=0 must be an integer >= 1") as info:
         build_config(["algo=d3pm", "algo.T=0"])
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- published SEDD weights
+def test_official_sedd_checkpoint_loads_into_algo_sedd(tmp_path):
+    pytest.importorskip("omegaconf")
+    pytest.importorskip("transformers")
+    from test_interop import D, C, H, N, L as LEN, _official_ckpt, hf_tokenizer  # noqa: F401
+
+    from duo.checkpoints import load_checkpoint
+    from duo.generation import generate_tokens
+    from duo.models import ModelConfig, build_model
+
+    tok = hf_tokenizer.__wrapped__()
+    Kv = len(tok)
+    model = build_model(ModelConfig(vocab_size=Kv, hidden_size=D, cond_dim=C, n_heads=H, n_blocks=N,
+                                    max_seq_len=LEN, dropout=0.0, time_conditioning=True).validate())
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.3)
+    _official_ckpt(tmp_path / "sedd.ckpt", model.eval(), tok, "sedd", "main")
+    loaded = load_checkpoint(tmp_path / "sedd.ckpt", use_ema=False)
+    assert loaded.algo == "sedd" and loaded.method.mask_id == Kv - 1
+    z = torch.randint(0, Kv, (2, 12), generator=torch.Generator().manual_seed(0))
+    z[:, ::3] = Kv - 1
+    alpha = torch.tensor([0.3, 0.8])
+    sigma = -torch.log(alpha)
+    with torch.no_grad():  # the official SEDDAbsorb._process_model_output, written out
+        want = model(z, sigma).float() - torch.log(torch.expm1(sigma))[:, None, None] - math.log(Kv - 1)
+        want = want.scatter(-1, z[..., None], 0.0)
+        torch.testing.assert_close(loaded.method.score(z, alpha), want, rtol=1e-5, atol=1e-5)
+    tokens, nfe, _ = generate_tokens(loaded.method, num_samples=2, seq_len=12, steps=4)
+    assert nfe == 4 and (tokens != Kv - 1).all()

@@ -33,8 +33,8 @@ __all__ = ["OfficialSpec", "load_official", "looks_official", "is_hf_folder", "r
 
 # The official code's algo.name -> this library's method.
 ALGO_NAMES = {"duo": "duo", "duo_base": "duo", "distillation": "duo", "ot-finetune": "duo",
-              "mdlm": "mdlm", "ar": "ar"}
-NOT_YET = {"sedd", "d3pm"}
+              "mdlm": "mdlm", "ar": "ar", "sedd": "sedd"}
+NOT_YET = {"d3pm"}
 # config.json model_type -> method.
 HF_MODEL_TYPES = {"duo": "duo", "udlm": "duo", "mdlm": "mdlm", "ar": "ar"}
 SCHEDULE_NAMES = {"log-linear": "loglinear", "loglinear": "loglinear", "cosine": "cosine"}
@@ -137,8 +137,8 @@ def _spec_from_hydra(cfg: dict, shapes: _Shapes, where: str) -> OfficialSpec:
         eps = OFFICIAL_EPS
         time_cond = bool(cfg.get("time_conditioning", False))
     if official in NOT_YET:
-        raise ValueError(f"{where} holds a {official} model, which duo cannot load yet (issue 11); "
-                         "load a duo, mdlm or ar checkpoint")
+        raise ValueError(f"{where} holds a {official} model, which duo cannot load yet (its official "
+                         "form may put mass on the mask); load a duo, mdlm, sedd or ar checkpoint")
     if official not in ALGO_NAMES:
         raise ValueError(f"{where} has algo name {official!r}; known: {', '.join(sorted(ALGO_NAMES))}")
     if schedule_name not in SCHEDULE_NAMES:
@@ -274,7 +274,7 @@ def read_official(path: str | Path) -> _Read:
 def _build_config(spec: OfficialSpec):
     from ..config import build_config
     algo: dict[str, Any] = {"_name": spec.algo}
-    if spec.algo in ("duo", "mdlm"):
+    if spec.algo in ("duo", "mdlm", "sedd"):
         algo.update(schedule=spec.schedule, eps=spec.eps)
     if spec.algo == "mdlm":
         algo["time_conditioning"] = spec.time_conditioning
