@@ -3,14 +3,14 @@
     python benchmarks/serve_load.py                               # trains a tiny model first (seconds)
     python benchmarks/serve_load.py --checkpoint runs/duo-x --clients 16 --seconds 60 --steps 32
 
-The server (the real app under uvicorn, in this process) listens on a free 127.0.0.1
-port. Each client sends ``POST /v1/generate`` (a quarter of them as the SSE stream) in a
-loop until the time is up; the seeds come from a small set, so identical requests meet
+The server (``duo serve``, in its own process) listens on a free 127.0.0.1 port. Each
+client sends ``POST /v1/generate`` (a quarter of them as the SSE stream) in a loop until
+the time is up; the seeds come from a small set, so identical requests meet
 in the queue and are batched. Reported: requests/s, p50/p95/max latency, statuses, the
 share of requests served in a batch of more than one, and the two checks that every
 request was answered exactly once with its own result: the server counted as many
 answers and rejections as the clients received (none lost, none answered twice), and each
-answer's texts equal those of the same request sent alone before the load (none crossed).
+answer's texts equal those of the same request sent alone (none crossed).
 Writes ``benchmarks/results/serve_load_<device>.json``.
 """
 
@@ -25,6 +25,8 @@ import platform
 import random
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -98,28 +100,55 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="distinct seeds the clients draw from")
     parser.add_argument("--queue", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the server's torch CPU threads (1: no oversubscription on a shared machine)")
     parser.add_argument("--out", help="default benchmarks/results/serve_load_<cpu|gpu>.json")
     args = parser.parse_args()
 
-    import uvicorn
-
-    from duo.serve import ServeConfig, create_app
-
     checkpoint = args.checkpoint or str(tiny_checkpoint(Path(args.work_dir)))
-    config = ServeConfig(checkpoint=checkpoint, device=args.device, queue=args.queue, max_samples=args.n)
-    app = create_app(config)
-    engine = app.state.engine
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    # The server in its own process, as a user runs it: the clients' threads do not share its GIL.
+    server = subprocess.Popen([sys.executable, "-m", "duo.cli", "-q", "serve", f"checkpoint={checkpoint}",
+                               f"port={port}", f"device={args.device}", f"queue={args.queue}",
+                               f"max_samples={args.n}", f"threads={args.threads}"])
+    try:
+        run(args, port, checkpoint)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
-    bodies = [{"prompt": "The model", "steps": args.steps, "n": args.n, "seed": s} for s in range(args.seeds)]
-    expected = [post(port, body, stream=False)[1]["texts"] for body in bodies]  # each alone, before the load
-    before = engine.status()
+
+def health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def run(args, port: int, checkpoint: str) -> None:
+    deadline = time.time() + 120
+    while True:
+        try:
+            health(port)
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise SystemExit("the server did not start in 120 s")
+            time.sleep(0.2)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/v1/model")
+    info = json.loads(conn.getresponse().read())
+    conn.close()
+
+    def bodies(seed: int) -> dict:
+        return {"prompt": "The model", "steps": args.steps, "n": args.n, "seed": seed}
+
+    expected: dict[int, list[str]] = {}  # seed -> texts of the request sent alone (before or after the load)
+    for seed in range(min(args.seeds, 8)):
+        expected[seed] = post(port, bodies(seed), stream=False)[1]["texts"]
+    before = health(port)
 
     records: list[dict] = []
     lock = threading.Lock()
@@ -131,10 +160,9 @@ def main() -> None:
             seed = rng.randrange(args.seeds)
             stream = rng.random() < 0.25
             start = time.perf_counter()
-            status, out = post(port, bodies[seed], stream)
-            record = {"status": status, "latency": time.perf_counter() - start, "stream": stream,
-                      "right": out is not None and out["texts"] == expected[seed],
-                      "batched": out["batched"] if out else 0}
+            status, out = post(port, bodies(seed), stream)
+            record = {"status": status, "latency": time.perf_counter() - start, "stream": stream, "seed": seed,
+                      "texts": out["texts"] if out else None, "batched": out["batched"] if out else 0}
             with lock:
                 records.append(record)
 
@@ -146,9 +174,11 @@ def main() -> None:
     for c in clients:
         c.join()
     wall = time.perf_counter() - started
-    after = engine.status()
-    server.should_exit = True
-    thread.join(timeout=10)
+    after = health(port)
+    for r in records:  # each answer against the same request sent alone: none crossed
+        if r["texts"] is not None and r["seed"] not in expected:
+            expected[r["seed"]] = post(port, bodies(r["seed"]), stream=False)[1]["texts"]
+        r["right"] = r["texts"] == expected.get(r["seed"])
 
     ok = [r for r in records if r["status"] == 200]
     latencies = sorted(r["latency"] for r in ok)
@@ -169,14 +199,15 @@ def main() -> None:
         "answered_twice_or_lost": served != len(ok),
         "wrong_result": sum(not r["right"] for r in ok),
         "settings": {"clients": args.clients, "steps": args.steps, "n": args.n, "seeds": args.seeds,
-                     "queue": args.queue, "seq_len": engine.loaded.cfg.data.seq_len, "device": str(engine.device),
+                     "queue": args.queue, "threads": args.threads, "seq_len": info["seq_len"], "device": args.device,
                      "checkpoint": "tiny (32 hidden, 1 block, L=32)" if not args.checkpoint else checkpoint},
-        "machine": {"cpu_count": os.cpu_count(), "load_average_1min_before": load_before, "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu_count": os.cpu_count(), "load_average_1min_before": load_before,
                     "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "date": datetime.date.today().isoformat(),
     }
     print(json.dumps(result, indent=2))
-    out = Path(args.out) if args.out else RESULTS / f"serve_load_{'gpu' if engine.device.type == 'cuda' else 'cpu'}.json"
+    gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    out = Path(args.out) if args.out else RESULTS / f"serve_load_{'gpu' if gpu else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['requests_per_second']} requests/s, p50 {result['latency_p50_ms']} ms, p95 "

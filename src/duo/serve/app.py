@@ -82,6 +82,8 @@ def create_app(config: ServeConfig, loaded=None, device=None) -> FastAPI:
     from ..commands.common import resolve_device
 
     config.validate()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     if loaded is None:
         from ..checkpoints import load_checkpoint
 

@@ -20,6 +20,7 @@ class ServeConfig:
     queue: int = 16  # requests admitted at once (queued + running + streaming); more -> 503
     batch_wait_ms: float = 5.0  # how long the worker collects identical requests before a run
     log_level: str = "warning"  # uvicorn's access/error log level
+    threads: int | None = None  # torch CPU threads; None = torch's default (1 helps on a busy machine)
 
     def validate(self) -> "ServeConfig":
         for name, low in (("port", 0), ("max_steps", 1), ("max_samples", 1), ("queue", 1)):
@@ -28,6 +29,9 @@ class ServeConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
         if self.port > 65535:
             raise ValueError(f"port={self.port} must be in [0, 65535]")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads={self.threads!r} must be an integer >= 1 (or unset for torch's default)")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
             raise ValueError(f"max_length={self.max_length!r} must be an integer >= 1 (or unset for the model's)")
         if not 0 <= self.batch_wait_ms <= 1000:
