@@ -141,3 +141,12 @@ def test_training_plot_marks_the_end_of_the_curriculum():
     fig = draw_history([{"step": s, "loss": 1.0, "phase_curriculum": 0.0} for s in range(1, 5)], [])
     assert [len(ax.get_lines()) for ax in fig.axes] == [1, 0]
     assert fig.axes[0].get_legend() is None
+
+
+@pytest.mark.parametrize("command", sorted(__import__("duo.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_has_its_own_help(command, capsys):
+    from duo.cli import main
+
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() and "usage: duo [-h]" not in out  # its own keys, not the global help

@@ -101,8 +101,7 @@ def _command_help(command: str, args: Sequence[str]) -> str:
         return train_help(args, command)
     import importlib
 
-    module = importlib.import_module({"sample": ".commands.sample", "eval": ".commands.evaluate",
-                                      "convert": ".commands.convert"}[command], __package__)
+    module = importlib.import_module(LAZY_COMMANDS[command][1], __package__)
     if hasattr(module, "help_text"):
         return module.help_text()
     return (module.__doc__ or "").strip() + "\n"
@@ -117,23 +116,24 @@ def _lazy(module: str, attr: str) -> Callable[[list[str]], int]:
     return run
 
 
-COMMANDS["sample"] = ("generate text from a checkpoint (checkpoint=..., sampler=..., steps=...)",
-                      _lazy(".commands.sample", "main"))
-COMMANDS["eval"] = ("evaluate a checkpoint (metrics=ppl,zero-shot,gen-ppl data=...)",
-                    _lazy(".commands.evaluate", "main"))
-COMMANDS["distill"] = ("distil a Duo checkpoint into a few-step sampler (checkpoint=..., distill.*=...)",
-                       _lazy(".commands.distill", "main"))
-COMMANDS["export"] = ("write a run as a Hub-ready folder: config.json, model.safetensors, tokenizer, card (RUN OUT)",
-                      _lazy(".commands.export", "main"))
-COMMANDS["push"] = ("export a run and upload it to the Hugging Face Hub (RUN REPO_ID [private=true])",
-                    _lazy(".commands.push", "main"))
-COMMANDS["recipes"] = ("list the papers' settings, or show one (duo recipes [NAME]); use them as recipe=NAME",
-                       _lazy(".commands.recipes", "main"))
-COMMANDS["convert"] = ("write a published .ckpt / HF folder / hf:<repo> as a duo model folder (SRC OUT weights=ema|raw)",
-                       _lazy(".commands.convert", "main"))
-COMMANDS["serve"] = ("serve a page and a JSON API for a checkpoint (checkpoint=... host=127.0.0.1 port=8000)",
-                     _lazy(".commands.serve", "main"))
-
+# name -> (one line, module whose ``main(args)`` runs it); imported only when used.
+LAZY_COMMANDS = {
+    "sample": ("generate text from a checkpoint (checkpoint=..., sampler=..., steps=...)", ".commands.sample"),
+    "eval": ("evaluate a checkpoint (metrics=ppl,zero-shot,gen-ppl,lm-eval data=...)", ".commands.evaluate"),
+    "distill": ("distil a Duo checkpoint into a few-step sampler (checkpoint=..., distill.*=...)",
+                ".commands.distill"),
+    "export": ("write a run as a Hub-ready folder: config.json, model.safetensors, tokenizer, card (RUN OUT)",
+               ".commands.export"),
+    "push": ("export a run and upload it to the Hugging Face Hub (RUN REPO_ID [private=true])", ".commands.push"),
+    "recipes": ("list the papers' settings, or show one (duo recipes [NAME]); use them as recipe=NAME",
+                ".commands.recipes"),
+    "convert": ("write a published .ckpt / HF folder / hf:<repo> as a duo model folder (SRC OUT weights=ema|raw)",
+                ".commands.convert"),
+    "serve": ("serve a page and a JSON API for a checkpoint (checkpoint=... host=127.0.0.1 port=8000)",
+              ".commands.serve"),
+}
+for _name, (_help, _module) in LAZY_COMMANDS.items():
+    COMMANDS[_name] = (_help, _lazy(_module, "main"))
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 # Commands that train through Lightning: imported before the console is set up, so that
