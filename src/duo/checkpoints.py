@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import re
@@ -98,8 +99,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {str(p)!r} is empty (a write was interrupted); use another checkpoint of the run")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except OSError:
-        raise  # unreadable (permissions, I/O): the CLI names the path and the cause
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR):
+            raise OSError(err.errno, err.strerror, str(p)) from None  # the CLI names path and cause
+        raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a torch checkpoint (truncated or damaged "
+                         "file)") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a torch checkpoint ({_reason(err)})") from None
 
