@@ -111,6 +111,14 @@ def builtin_corpus(options: CorpusOptions) -> Corpus:
     return _split_corpus("builtin", builtin_documents(), "builtin", options.val_fraction, "bpe")
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                         "convert it, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
     docs = []
     with path.open(encoding="utf-8") as f:
@@ -146,9 +154,9 @@ def read_local_documents(path: str | Path, text_field: str = "text") -> list[str
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise ValueError(f"corpus directory {str(path)!r} has no .txt files; add some or pass a file")
-        docs = [p.read_text(encoding="utf-8").strip() for p in files]
+        docs = [_read_utf8(p).strip() for p in files]
     elif path.suffix == ".txt":
-        docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", path.read_text(encoding="utf-8"))]
+        docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", _read_utf8(path))]
     elif path.suffix == ".jsonl":
         docs = _read_jsonl(path, text_field)
     else:
