@@ -6,7 +6,7 @@ import pytest
 
 from duo.data import CORPORA, corpus_names, get_corpus, register_corpus
 from duo.data.builtin import builtin_documents
-from duo.data.corpora import hash_split
+from duo.data.corpora import hash_split, read_local_documents
 
 
 @pytest.fixture(autouse=True)
@@ -71,11 +71,10 @@ def test_local_directory_and_jsonl(tmp_path):
     (folder / "a.txt").write_text("alpha\n\nstill alpha")  # one document per file
     (folder / "sub" / "b.txt").write_text("beta")
     (folder / "ignored.md").write_text("not text")
-    corpus = get_corpus(str(folder))
-    assert sorted(list(corpus.documents("train")) + list(corpus.documents("validation"))) == [
-        "alpha\n\nstill alpha",
-        "beta",
-    ]
+    assert read_local_documents(folder) == ["alpha\n\nstill alpha", "beta"]
+    corpus = get_corpus(str(folder))  # a small corpus: split by paragraphs (tests/test_faults.py)
+    parts = list(corpus.documents("train")) + list(corpus.documents("validation"))
+    assert sorted(p for doc in parts for p in doc.split("\n\n")) == ["alpha", "beta", "still alpha"]
 
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text("\n".join(json.dumps({"body": f"text {i}", "id": i}) for i in range(10)))
