@@ -3,7 +3,8 @@
 ``silent`` (exit 0 although the input was bad or the fault fatal). Writes
 benchmarks/results/faults.json; docs/reliability.md tabulates it.
 
-    python benchmarks/faults.py            # ~3 minutes on CPU
+    python benchmarks/faults.py            # ~4 minutes on CPU
+    python benchmarks/faults.py --only latin-1,zero-shot  # those cases only; prints, writes nothing
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def classify(proc: subprocess.CompletedProcess, command: str) -> str:
     return "unclear"
 
 
-def main() -> None:
+def main(only: str | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="duo-faults-"))
     os.environ["DUO_CACHE"] = str(work / "cache")
     corpus = write_tiny_corpus(work / "tiny.txt")
@@ -126,6 +127,10 @@ def main() -> None:
         case("bad input", f"sample {args}", "sample")(
             lambda a=args: duo("sample", f"checkpoint={base}" if a != "checkpoint=" else "checkpoint=",
                                *[x for x in a.split() if x != "checkpoint="]))
+    latin1 = work / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    case("bad input", "train data=<a .jsonl with a latin-1 line>", "train")(
+        lambda: duo("-q", "train", *tiny_overrides(str(latin1), cache, work / "bad" / "latin1")))
     for args in ["metrics=nope", "max_batches=0", "checkpoint=/nonexistent"]:
         case("bad input", f"eval {args}", "eval")(
             lambda a=args: duo("eval", *([f"checkpoint={base}"] if not a.startswith("checkpoint") else []), a))
@@ -151,6 +156,9 @@ def main() -> None:
         lambda: duo("-q", "train", *train_args(fresh("size"), 6, "model.n_blocks=2")))
     case("fault", "disk full (ENOSPC) while writing a checkpoint", "train")(
         lambda: duo("-q", "train", *train_args(fresh("full"), 6), prelude=enospc))
+    case("fault", "zero-shot offline: every corpus skipped", "eval")(  # conftest set HF_HUB_OFFLINE=1
+        lambda: duo("eval", f"checkpoint={base}", "metrics=zero-shot", "corpora=ptb,wikitext-2",
+                    f"out={work / 'zs'}"))
     case("fault", "read-only output for duo sample", "sample")(
         lambda: duo("sample", f"checkpoint={base}", "steps=2", f"out={unwritable}/s.jsonl"))
     case("fault", "read-only output for duo eval", "eval")(
@@ -173,6 +181,10 @@ def main() -> None:
     recoveries.append(("empty last.ckpt + temp file of a killed write: resumes from step_4, no repeated step",
                        killed_write))
 
+    if only is not None:  # a few cases, printed only: faults.json stays the full run's
+        words = only.split(",")
+        cases = [c for c in cases if any(w in c[1] for w in words)]
+        recoveries = [r for r in recoveries if any(w in r[0] for w in words)]
     results = []
     for kind, name, command, fn in cases:
         proc = fn()
@@ -189,6 +201,10 @@ def main() -> None:
     for r in results:
         s = summary.setdefault(r["kind"], {})
         s[r["outcome"]] = s.get(r["outcome"], 0) + 1
+    if only is not None:
+        print(json.dumps(summary))
+        shutil.rmtree(work, ignore_errors=True)
+        return
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"summary": summary, "cases": results, "seconds": round(time.time() - t0, 1),
                                "as_root": os.geteuid() == 0}, indent=2) + "\n")
@@ -197,4 +213,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma list: run only the cases whose name contains one (nothing is written)")
+    main(parser.parse_args().only)

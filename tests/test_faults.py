@@ -325,3 +325,105 @@ def test_command_help_lists_keys(capsys):
     assert code == 0 and "num_samples" in out and "default 4" in out
     code, out, _ = _cli(capsys, "-q", "eval", "-h")
     assert code == 0 and "metrics" in out
+
+
+# ----------------------------------------------------------------------------- progress, splits, inputs
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (tqdm draws its bars into it)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _on_terminal(monkeypatch, *argv) -> tuple[int, str]:
+    term = _Terminal()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stderr", term)
+        code = main(list(argv))
+    return code, term.text()
+
+
+def test_progress_bars_on_a_terminal_only(base_run, capsys, monkeypatch, tmp_path, tiny_corpus):
+    sample = ["sample", f"checkpoint={base_run}", "num_samples=3", "batch_size=2", "steps=3",
+              f"out={tmp_path / 's.jsonl'}"]
+    code, err = _on_terminal(monkeypatch, *sample)
+    # One bar over 2 batches x 3 steps, updated in place (one line when done).
+    assert code == 0 and "sampling: 100%" in err and "| 6/6 " in err and err.count("\n") == 1, err
+    assert "| 0/6 " in err and "/3 " not in err, err  # from the start, not one bar per batch
+    code, err = _on_terminal(monkeypatch, "eval", f"checkpoint={base_run}", "metrics=ppl,zero-shot",
+                             f"corpora={tiny_corpus}", "max_batches=2", f"out={tmp_path / 'ev'}")
+    assert code == 0 and "perplexity: 100%" in err and "zero-shot tiny.txt: 100%" in err and "2/2" in err, err
+    capsys.readouterr()
+    code, err = _on_terminal(monkeypatch, "-q", *sample)  # -q: none (not a terminal: the next tests)
+    assert code == 0 and "%|" not in err, err
+
+
+def _folder(root: Path, files: int = 22) -> Path:
+    """``files`` text files of a few paragraphs each (a folder of notes)."""
+    import random
+
+    from conftest import WORDS
+
+    rng = random.Random(7)
+    root.mkdir()
+    for i in range(files):
+        paragraphs = ["\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14)))
+                                for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(3, 12))]
+        (root / f"note{i:02d}.txt").write_text("\n\n".join(paragraphs) + "\n")
+    return root
+
+
+def test_a_small_folder_holds_out_a_few_percent(tmp_path):
+    from duo.data import get_corpus
+    from duo.data.corpora import _content_fingerprint, read_local_documents
+
+    folder = _folder(tmp_path / "notes")
+    corpus = get_corpus(str(folder))
+    train, val = list(corpus.documents("train")), list(corpus.documents("validation"))
+    share = sum(map(len, val)) / (sum(map(len, val)) + sum(map(len, train)))
+    assert 0.03 <= share < 0.08 and len(val) >= 2, (share, len(val))  # was one document, any size
+    pieces = lambda docs: [q for d in docs for p in d.split("\n\n") for q in [p]]  # noqa: E731
+    assert not set(pieces(train)) & set(pieces(val))  # no paragraph on both sides
+    original = sorted(p.strip() for d in read_local_documents(folder) for p in d.split("\n\n"))
+    assert sorted(pieces(train) + pieces(val)) == original  # nothing lost or repeated
+    again = get_corpus(str(folder))
+    assert again.documents("validation") == val and again.fingerprint == corpus.fingerprint  # deterministic
+    # A new split: a new fingerprint (the caches keyed on it are rebuilt), not the whole-document one.
+    assert corpus.fingerprint != _content_fingerprint("local:text", read_local_documents(folder), 0.03)
+
+
+def test_zero_shot_with_every_corpus_skipped_fails_in_one_line(base_run, capsys, tmp_path, tiny_corpus):
+    out = tmp_path / "ev"
+    code, _, err = _cli(capsys, "eval", f"checkpoint={base_run}", "metrics=zero-shot", f"out={out}",
+                        f"corpora=ptb,{tmp_path / 'missing.txt'}")  # offline (HF_HUB_OFFLINE=1), missing
+    line = _one_line_error(err, "eval")
+    assert code == 2 and "every corpus was skipped (2 of 2)" in line and "ptb" in line, line
+    assert "offline" in line.lower() and "%|" not in err and not out.exists(), line
+    code, table, err = _cli(capsys, "eval", f"checkpoint={base_run}", "metrics=zero-shot", f"out={out}",
+                            f"corpora={tiny_corpus},{tmp_path / 'missing.txt'}", "max_batches=1")
+    assert code == 0 and "error" not in err, err  # some ran: exit 0, the skipped one in the table
+    assert "| zero-shot missing.txt | skipped" in table and "zero-shot tiny.txt" in table, table
+
+
+def test_non_utf8_jsonl_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "notes.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "caf\xe9"}\n')
+    code, _, err = _cli(capsys, "-q", "train", *tiny_overrides(str(bad), str(tmp_path / "cache"), tmp_path / "run"))
+    line = _one_line_error(err, "train")
+    at = bad.read_bytes().index(b"\xe9")  # the offset in the file, as for .txt files
+    assert code == 2 and f"'{bad}' line 3 is not UTF-8" in line and f"byte {at}: b'\\xe9'" in line, line

@@ -8,6 +8,7 @@ Examples::
     duo sample checkpoint=runs/duo-... steps=64 sampler=greedy_tail num_samples=4
     duo eval checkpoint=runs/duo-... metrics=ppl,gen-ppl
     duo -q train trainer.max_steps=100          # no progress bar: final results and errors only
+    duo -q sample checkpoint=runs/duo-...       # likewise for sample and eval (see show_progress)
 
 Console output: duo's messages (the run directory, model, data and plan, then the
 progress bar) go to stderr, results to stdout. By default third-party deprecation and
@@ -167,6 +168,13 @@ class _ConsoleFormat(logging.Formatter):
 
 
 _CONSOLE = _Console()
+_VERBOSITY = NORMAL  # set by setup_console; read by show_progress
+
+
+def show_progress() -> bool:
+    """Whether a command draws progress bars (``duo sample``, ``duo eval``): stderr is a
+    terminal and ``-q`` was not given. Training commands get -q as QUIET_OVERRIDES instead."""
+    return _VERBOSITY > QUIET and sys.stderr.isatty()
 
 
 def setup_console(verbosity: int = NORMAL) -> None:
@@ -176,6 +184,8 @@ def setup_console(verbosity: int = NORMAL) -> None:
     Lightning adds console handlers of its own at import (and propagates to the root's
     when the root has one: each line twice); its loggers are given this handler only,
     at WARNING (INFO with -v: GPU/TPU availability, the cloud-logging tips, ...)."""
+    global _VERBOSITY
+    _VERBOSITY = verbosity
     root = logging.getLogger()
     if _CONSOLE not in root.handlers:
         root.addHandler(_CONSOLE)

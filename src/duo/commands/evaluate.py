@@ -1,11 +1,14 @@
 """``duo eval checkpoint=<run> metrics=ppl,zero-shot,gen-ppl [data=... corpora=... judge=...]``
 
 Prints a markdown table and writes ``results.json`` / ``results.md`` to ``<run>/eval/``
-(or ``out=``). Perplexities of diffusion models are upper bounds ("<=").
+(or ``out=``). Perplexities of diffusion models are upper bounds ("<="). On a terminal
+each metric shows a progress bar on stderr (``duo -q``: none). Zero-shot with every
+corpus skipped (offline, missing files) is an error (exit 2) naming the first reason.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +55,7 @@ def parse_metrics(text: str) -> list[str]:
 
 def main(args: list[str]) -> int:
     from ..checkpoints import load_checkpoint
+    from ..cli import show_progress
     from ..evaluation import (ZERO_SHOT_CORPORA, corpus_perplexity, load_judge, markdown_table, plan_sampling,
                               run_dir_of, sample_quality, write_results, zero_shot)
 
@@ -67,9 +71,10 @@ def main(args: list[str]) -> int:
         raise ValueError(f"num_samples={sampling.num_samples} must be >= 1")
     device = resolve_device(a.device)
     loaded = load_checkpoint(a.checkpoint, use_ema=a.use_ema, device=device)
+    bars = show_progress()  # on a terminal, one bar per metric (per corpus for zero-shot); -q: none
     common = dict(seq_len=sampling.seq_len, batch_size=sampling.batch_size, max_batches=a.max_batches,
-                  max_documents=a.max_documents, seed=sampling.seed, device=device)
-    judge = plan = None
+                  max_documents=a.max_documents, seed=sampling.seed, device=device, progress=bars)
+    judge = plan = failed = None
     if "gen-ppl" in metrics:  # every user error before any long computation
         plan = plan_sampling(loaded, sampling)
         judge = load_judge(a.judge, device)
@@ -89,13 +94,34 @@ def main(args: list[str]) -> int:
         names = [c.strip() for c in a.corpora.split(",") if c.strip()] if a.corpora else ZERO_SHOT_CORPORA
         found = zero_shot(loaded, names, split=a.split, **common)
         results["zero_shot"] = {name: r.to_dict() for name, r in found.items()}
+        failed = all_skipped(found)
+        if failed:
+            del results["zero_shot"]
     if judge is not None:
         quality = sample_quality(loaded, judge, plan, judge_batch_size=sampling.batch_size, device=device,
-                                 judge_max_length=a.judge_max_length)
+                                 judge_max_length=a.judge_max_length, progress=bars)
         results["gen_ppl"] = quality.to_dict()
+    if failed and not any(k in results for k in ("lm_eval", "ppl", "gen_ppl")):
+        raise ValueError(failed)  # nothing was measured: one line, exit 2, no results file
     out_dir = Path(a.out) if a.out else run_dir_of(loaded.path) / "eval"
     header = f"Evaluation of `{loaded.path}` ({loaded.algo})"
     json_path, _ = write_results(results, out_dir, header)
     print(markdown_table(results), end="")
     print(f"results: {json_path}")
+    if failed:  # the other metrics are saved; zero-shot still fails the command
+        print(f"duo eval: error: {failed}", file=sys.stderr)
+        return 2
     return 0
+
+
+def all_skipped(found: dict) -> str | None:
+    """The one-line reason when every zero-shot corpus was skipped (None when any ran)."""
+    from ..evaluation.zero_shot import Skipped
+
+    if not found or not all(isinstance(r, Skipped) for r in found.values()):
+        return None
+    name, first = next(iter(found.items()))
+    hint = "; offline, pass local files instead: corpora=a.txt,b.jsonl" \
+        if any(w in first.reason.lower() for w in ("offline", "connect", "network", "resolve")) else ""
+    return (f"zero-shot: every corpus was skipped ({len(found)} of {len(found)}); "
+            f"first, {name}: {first.reason}{hint}")

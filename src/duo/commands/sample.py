@@ -1,6 +1,7 @@
 """``duo sample checkpoint=<run> [sampler=... steps=... num_samples=... prefix="..." ...]``
 
-Prints the samples and saves them as JSONL (``<run>/samples/`` or ``out=``). The sampling
+Prints the samples and saves them as JSONL (``<run>/samples/`` or ``out=``); on a
+terminal a progress bar over batches x steps runs on stderr (``duo -q``: none). The sampling
 keys are the fields of :class:`duo.samplers.SamplingConfig`; sampler and steps default to
 what a distilled checkpoint recorded, else the method's default sampler.
 """
@@ -41,6 +42,7 @@ def _default_out(loaded, sampler: str, steps: int | None, seed: int) -> Path:
 
 def main(args: list[str]) -> int:
     from ..checkpoints import load_checkpoint
+    from ..cli import show_progress
     from ..evaluation import plan_sampling, sample
     from ..utils.io import atomic_path, atomic_write_text
 
@@ -51,7 +53,7 @@ def main(args: list[str]) -> int:
     device = resolve_device(a.device)
     loaded = load_checkpoint(a.checkpoint, use_ema=a.use_ema, device=device)
     plan = plan_sampling(loaded, sampling)
-    gen = sample(loaded, plan, device=device, return_intermediates=a.intermediates)
+    gen = sample(loaded, plan, device=device, return_intermediates=a.intermediates, progress=show_progress())
     out = Path(a.out) if a.out else _default_out(loaded, plan.sampler, plan.steps, sampling.seed)
     settings = {"checkpoint": str(loaded.path), "sampler": plan.sampler, "steps": plan.steps, "seed": sampling.seed,
                 "options": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.options.items()},

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..losses import reconstruction_nll, uniform_decoder_nll
 from ..schedules import antithetic_times
@@ -124,11 +125,14 @@ def perplexity(
     device: torch.device | str | None = None,
     corpus: str | None = None,
     split: str | None = None,
+    progress: bool = False,
+    desc: str = "perplexity",
 ) -> PerplexityResult:
     """Perplexity of ``loaded_or_method`` (a :class:`LoadedModel` or a method) on data.
 
     ``dataset_or_loader`` is a dataset of ``dict(input_ids, attention_mask)`` rows or an
-    iterable of such batches. The same ``seed`` gives the same result.
+    iterable of such batches. The same ``seed`` gives the same result. ``progress``: a bar
+    over the batches (named ``desc``) on stderr.
     """
     method = _method_of(loaded_or_method)
     if max_batches is not None and max_batches < 1:
@@ -140,8 +144,13 @@ def perplexity(
     was_training = method.backbone.training
     method.backbone.eval()
     start = time.perf_counter()
+    batches = _batches(dataset_or_loader, batch_size)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    bar = tqdm(total=total, disable=not progress, desc=desc, unit="batch")
     try:
-        for index, batch in enumerate(_batches(dataset_or_loader, batch_size)):
+        for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -162,7 +171,9 @@ def perplexity(
                 sums["recon"] += float(recon)
                 sums["recon_tokens"] += float(count)
             sequences += x.shape[0]
+            bar.update()
     finally:
+        bar.close()
         method.backbone.train(was_training)
     if sums["tokens"] == 0:
         raise ValueError("no tokens to evaluate: the data is empty; check the corpus, split and seq_len")
@@ -194,12 +205,15 @@ def corpus_perplexity(
     seed: int = 0,
     device: torch.device | str | None = None,
     show_progress: bool = False,
+    progress: bool = False,
+    desc: str = "perplexity",
 ) -> PerplexityResult:
     """Perplexity of a loaded checkpoint on a corpus (default: its own validation split),
-    tokenized with the checkpoint's tokenizer; see :func:`duo.evaluation.data.eval_data`."""
+    tokenized with the checkpoint's tokenizer; see :func:`duo.evaluation.data.eval_data`.
+    ``show_progress``: bars while the data is built; ``progress``: a bar over the batches."""
     from .data import eval_data
 
     data = eval_data(loaded, corpus, split, seq_len=seq_len, packing=packing,
                      max_documents=max_documents, show_progress=show_progress)
     return perplexity(loaded, data.dataset, batch_size=batch_size, max_batches=max_batches, seed=seed,
-                      device=device, corpus=data.corpus, split=data.split)
+                      device=device, corpus=data.corpus, split=data.split, progress=progress, desc=desc)

@@ -13,6 +13,7 @@ import torch
 from ..generation import Generation, decode, generate_text, generate_tokens, resolve_sampler
 from ..samplers.semi_ar import check_semi_ar, semi_autoregressive
 from ..samplers import SamplingConfig
+from ..samplers.loop import Progress
 from ..utils.seeding import derive_seed
 from .genppl import GenPPLResult, decode_keeping_eos, generative_perplexity, unigram_entropy
 from .judges import EvalLM
@@ -34,21 +35,42 @@ class SamplingStats:
         return asdict(self)
 
 
+def _bar(progress: bool | Progress, calls: int, unit: str = "step") -> tuple[Progress, bool]:
+    """The shared bar to use and whether this caller owns (closes) it."""
+    if isinstance(progress, Progress):
+        return progress, False
+    return Progress(calls, enabled=bool(progress), unit=unit), True
+
+
 def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None, seed: int = 0,
-                     **kwargs) -> Generation:
+                     progress: bool | Progress = False, **kwargs) -> Generation:
     """:func:`duo.generation.generate_text` in batches of ``batch_size``; batch ``i`` uses
-    seed ``derive_seed(seed, i)`` for ``i >= 1`` (batch 0 matches an unbatched call with ``seed``)."""
+    seed ``derive_seed(seed, i)`` for ``i >= 1`` (batch 0 matches an unbatched call with ``seed``).
+    ``progress``: one bar over batches x steps (or a shared :class:`Progress`)."""
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     batch_size = batch_size or num_samples
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     method, tok = loaded.method, loaded.tokenizer
+    batches = -(-num_samples // batch_size)
+    # The AR sampler has its own per-call bar; its batches advance the shared one instead.
+    ar = resolve_sampler(method, kwargs.get("sampler")) == "ar"
+    bar, owned = _bar(progress, batches, "batch" if ar else "step")
     parts: list[Generation] = []
-    for i, start in enumerate(range(0, num_samples, batch_size)):
-        n = min(batch_size, num_samples - start)
-        batch_seed = seed if i == 0 else derive_seed(seed, i)
-        parts.append(generate_text(method, tok, num_samples=n, seed=batch_seed, **kwargs))
+    try:
+        for i, start in enumerate(range(0, num_samples, batch_size)):
+            n = min(batch_size, num_samples - start)
+            batch_seed = seed if i == 0 else derive_seed(seed, i)
+            if ar:
+                bar.begin(1)
+            parts.append(generate_text(method, tok, num_samples=n, seed=batch_seed,
+                                       progress=False if ar else bar, **kwargs))
+            if ar:
+                bar.update()
+    finally:
+        if owned:
+            bar.close()
     inter = None
     if all(p.intermediates is not None for p in parts):
         inter = [torch.cat(states) for states in zip(*(p.intermediates for p in parts))]
@@ -132,8 +154,10 @@ def plan_sampling(loaded, config: SamplingConfig) -> SamplingPlan:
 
 def sample(loaded, config: SamplingConfig | SamplingPlan | None = None, *,
            device: torch.device | str | None = None, return_intermediates: bool = False,
-           progress: bool = False) -> Generation:
-    """Generate ``config.num_samples`` texts from a loaded model (see :class:`SamplingConfig`)."""
+           progress: bool | Progress = False) -> Generation:
+    """Generate ``config.num_samples`` texts from a loaded model (see :class:`SamplingConfig`).
+    ``progress``: one bar over every batch's steps (batches x windows x steps when
+    semi-autoregressive) on stderr."""
     plan = config if isinstance(config, SamplingPlan) else plan_sampling(loaded, config or SamplingConfig())
     cfg = plan.config
     if cfg.num_samples < 1:
@@ -153,26 +177,32 @@ def sample(loaded, config: SamplingConfig | SamplingPlan | None = None, *,
     )
 
 
-def _semi_ar(loaded, plan: SamplingPlan, device, prefix, progress: bool) -> Generation:
+def _semi_ar(loaded, plan: SamplingPlan, device, prefix, progress: bool | Progress) -> Generation:
     """``plan.length`` tokens per sample in windows of ``plan.seq_len`` (see samplers.semi_ar)."""
     cfg, method, tok = plan.config, loaded.method, loaded.tokenizer
     batch_size = cfg.batch_size or cfg.num_samples
     parts, nfe, start = [], 0, time.perf_counter()
-    for i, first in enumerate(range(0, cfg.num_samples, batch_size)):
-        n = min(batch_size, cfg.num_samples - first)
+    windows = check_semi_ar(plan.length, plan.seq_len, cfg.stride)
+    bar, owned = _bar(progress, -(-cfg.num_samples // batch_size) * windows)  # batches x windows x steps
+    try:
+        for i, first in enumerate(range(0, cfg.num_samples, batch_size)):
+            n = min(batch_size, cfg.num_samples - first)
 
-        def window(clamp, seed, n=n):
-            tokens, calls, _ = generate_tokens(
-                method, num_samples=n, seq_len=plan.seq_len, sampler=plan.sampler, steps=plan.steps,
-                seed=seed, prefix=prefix if clamp is None else None, clamp=clamp, options=plan.options,
-                device=device, progress=progress, protocol=cfg.protocol)
-            return tokens, calls
+            def window(clamp, seed, n=n):
+                tokens, calls, _ = generate_tokens(
+                    method, num_samples=n, seq_len=plan.seq_len, sampler=plan.sampler, steps=plan.steps,
+                    seed=seed, prefix=prefix if clamp is None else None, clamp=clamp, options=plan.options,
+                    device=device, progress=bar, protocol=cfg.protocol)
+                return tokens, calls
 
-        out = semi_autoregressive(window, batch_size=n, length=plan.length, context=plan.seq_len,
-                                  stride=cfg.stride, seed=cfg.seed if i == 0 else derive_seed(cfg.seed, i),
-                                  eos_id=getattr(tok, "eos_id", None))
-        parts.append(out)
-        nfe = out.nfe
+            out = semi_autoregressive(window, batch_size=n, length=plan.length, context=plan.seq_len,
+                                      stride=cfg.stride, seed=cfg.seed if i == 0 else derive_seed(cfg.seed, i),
+                                      eos_id=getattr(tok, "eos_id", None))
+            parts.append(out)
+            nfe = out.nfe
+    finally:
+        if owned:
+            bar.close()
     tokens = torch.cat([p.tokens for p in parts]).cpu()
     return Generation(tokens, decode(tok, tokens, getattr(method, "mask_id", None)), nfe,
                       time.perf_counter() - start, lengths=[n for p in parts for n in p.lengths])
@@ -186,6 +216,7 @@ def sample_quality(
     judge_batch_size: int = 8,
     judge_max_length: int | None = None,
     device: torch.device | str | None = None,
+    progress: bool = False,
     **fields: Any,
 ) -> SampleQuality:
     """Generate, then score: Gen PPL under ``judge``, unigram entropy, throughput.
@@ -198,7 +229,7 @@ def sample_quality(
     elif fields:
         raise ValueError(f"pass a SamplingConfig or its fields, not both (got {sorted(fields)})")
     plan = config if isinstance(config, SamplingPlan) else plan_sampling(loaded, config)
-    gen = sample(loaded, plan, device=device)
+    gen = sample(loaded, plan, device=device, progress=progress)
     paper = plan.config.protocol == "paper"
     texts = decode_keeping_eos(loaded.tokenizer, gen.tokens, getattr(loaded.method, "mask_id", None)) \
         if paper else gen.texts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -50,11 +51,13 @@ def zero_shot(
     seed: int = 0,
     device: torch.device | str | None = None,
     show_progress: bool = False,
+    progress: bool = False,
 ) -> dict[str, PerplexityResult | Skipped]:
     """Perplexity on each corpus (registered names or local files, read whole).
 
     A corpus that cannot be loaded (no network, missing file...) is reported as
-    :class:`Skipped` with the reason; the others still run.
+    :class:`Skipped` with the reason; the others still run. ``progress``: a bar over
+    each corpus's batches.
     """
     results: dict[str, PerplexityResult | Skipped] = {}
     for name in corpora:
@@ -62,7 +65,7 @@ def zero_shot(
             results[name] = corpus_perplexity(
                 loaded, name, split, seq_len=seq_len, packing=packing, batch_size=batch_size,
                 max_batches=max_batches, max_documents=max_documents, seed=seed, device=device,
-                show_progress=show_progress,
+                show_progress=show_progress, progress=progress, desc=f"zero-shot {Path(name).name}",
             )
         except (KeyboardInterrupt, torch.cuda.OutOfMemoryError):
             raise

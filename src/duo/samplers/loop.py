@@ -11,6 +11,37 @@ from .grid import check_protocol
 from .workspace import Workspace
 
 
+class Progress:
+    """One progress bar over several :func:`generate` calls (batches, windows): pass it as
+    ``progress=``. ``calls`` is how many calls will share it; the first call's step count
+    sets the total (``calls x steps``), and the bar appears then. Nothing is drawn when
+    ``enabled`` is false."""
+
+    def __init__(self, calls: int, *, enabled: bool = True, desc: str = "sampling", unit: str = "step") -> None:
+        self.calls = max(1, int(calls))
+        self.enabled, self.desc, self.unit = enabled, desc, unit
+        self.bar: tqdm | None = None
+
+    def begin(self, steps: int) -> None:
+        """A call of ``steps`` steps starts; the first one opens the bar."""
+        if self.bar is None:
+            self.bar = tqdm(total=self.calls * steps, disable=not self.enabled, desc=self.desc, unit=self.unit)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def make_generator(generator: torch.Generator | None, seed: int | None,
                    device: torch.device | str | None) -> torch.Generator | None:
     """``generator`` as given, or a fresh one seeded with ``seed`` on ``device``."""
@@ -44,7 +75,7 @@ def generate(
     clamp: Conditioning | None = None,
     time_conditioned: bool | None = None,
     return_intermediates: bool = False,
-    progress: bool = False,
+    progress: "bool | Progress" = False,
     protocol: str = "ours",
 ) -> GenerationOutput:
     """Sample (B, L) token ids from the prior down to t = eps with ``sampler``.
@@ -59,6 +90,8 @@ def generate(
         clamp: positions held fixed (prefix, suffix, infilling).
         time_conditioned: whether the denoiser uses alpha_t; defaults to its
             ``time_conditioned`` attribute, else True. Caching requires False.
+        progress: True for a bar over this call's steps, or a :class:`Progress` that
+            several calls share (one bar over batches x steps).
         protocol: "ours" (``steps`` network calls, the last removing the noise) or
             "paper" (the official code: ``steps`` posterior steps down to eps, then one
             more call at eps to remove the noise, ``steps + 1`` calls; MATH.md 11). The
@@ -90,18 +123,26 @@ def generate(
     nfe = 0
     last_input: Tensor | None = None
     last_pred: Tensor | None = None
-    for i, time in enumerate(tqdm(grid.step_times(schedule, protocol), disable=not progress,
-                                  desc="sampling")):
-        reuse = cache and last_input is not None and torch.equal(z, last_input)
-        out = sampler.step(denoiser, z, time, generator=gen,
-                           prediction=last_pred if reuse else None, workspace=workspace)
-        if i == 0 and out.log_probs.shape[-1] != vocab_size:
-            raise ValueError(f"denoiser returned {out.log_probs.shape[-1]} classes but "
-                             f"vocab_size={vocab_size}; pass the model's vocabulary size")
-        nfe += out.nfe
-        if cache:
-            last_input, last_pred = z, out.log_probs
-        z = clamp.apply(out.z) if clamp is not None else out.z
-        if states is not None:
-            states.append(z.cpu())
+    times = grid.step_times(schedule, protocol)
+    shared = progress if isinstance(progress, Progress) else None
+    bar = Progress(1, enabled=bool(progress)) if shared is None else shared
+    try:
+        bar.begin(len(times))
+        for i, time in enumerate(times):
+            reuse = cache and last_input is not None and torch.equal(z, last_input)
+            out = sampler.step(denoiser, z, time, generator=gen,
+                               prediction=last_pred if reuse else None, workspace=workspace)
+            if i == 0 and out.log_probs.shape[-1] != vocab_size:
+                raise ValueError(f"denoiser returned {out.log_probs.shape[-1]} classes but "
+                                 f"vocab_size={vocab_size}; pass the model's vocabulary size")
+            nfe += out.nfe
+            if cache:
+                last_input, last_pred = z, out.log_probs
+            z = clamp.apply(out.z) if clamp is not None else out.z
+            if states is not None:
+                states.append(z.cpu())
+            bar.update()
+    finally:
+        if shared is None:
+            bar.close()
     return GenerationOutput(z, states, nfe)
