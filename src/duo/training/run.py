@@ -196,8 +196,13 @@ def train(cfg: TrainConfig, callbacks: list | None = None, init_weights: dict | 
     accel, world = resolve_world(cfg)
     micro, accumulate = batch_plan(cfg, world)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunDirLock(run_dir) if rank_zero_only.rank == 0 else None
-    if lock is not None:  # other processes of a launched run have RANK/LOCAL_RANK set
+    # One lock per run, held by its first process: the others of a launched run have
+    # RANK / LOCAL_RANK set, and the other nodes of a multi-node run NODE_RANK > 0 (a node's
+    # first process sees RANK unset until Lightning sets it up, so rank_zero_only alone
+    # would let every node take the lock).
+    first = rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+    lock = RunDirLock(run_dir) if first else None
+    if lock is not None:
         lock.acquire()
     try:
         return _train_locked(cfg, run_dir, lock, accel, micro, accumulate, callbacks, init_weights, metadata)
