@@ -43,30 +43,19 @@ def zero_shot(
     corpora: Sequence[str] = ZERO_SHOT_CORPORA,
     *,
     split: str | None = None,
-    seq_len: int | None = None,
-    packing: str | None = None,
-    batch_size: int = 16,
-    max_batches: int | None = None,
-    max_documents: int | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    show_progress: bool = False,
-    progress: bool = False,
+    **options: Any,
 ) -> dict[str, PerplexityResult | Skipped]:
-    """Perplexity on each corpus (registered names or local files, read whole).
+    """Perplexity on each corpus (registered names or local files, read whole);
+    ``options`` are :func:`corpus_perplexity`'s (seq_len, batch_size, max_batches, seed,
+    device, progress, ...).
 
     A corpus that cannot be loaded (no network, missing file...) is reported as
-    :class:`Skipped` with the reason; the others still run. ``progress``: a bar over
-    each corpus's batches.
+    :class:`Skipped` with the reason; the others still run.
     """
     results: dict[str, PerplexityResult | Skipped] = {}
     for name in corpora:
         try:
-            results[name] = corpus_perplexity(
-                loaded, name, split, seq_len=seq_len, packing=packing, batch_size=batch_size,
-                max_batches=max_batches, max_documents=max_documents, seed=seed, device=device,
-                show_progress=show_progress, progress=progress, desc=f"zero-shot {Path(name).name}",
-            )
+            results[name] = corpus_perplexity(loaded, name, split, desc=f"zero-shot {Path(name).name}", **options)
         except (KeyboardInterrupt, torch.cuda.OutOfMemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - one bad corpus must not sink the suite
