@@ -550,3 +550,47 @@ def test_top_p_thresholds_of_bfloat16_log_probs_match_their_float32_copy():
     low = lp.bfloat16()
     th, ref = row_thresholds(low, 0.9), row_thresholds(low.float(), 0.9)
     assert torch.equal(th.log_tau.float(), ref.log_tau) and torch.allclose(th.log_mass, ref.log_mass)
+
+
+def _filtered(lp, th):
+    return torch.where(lp >= th.log_tau[:, None], (lp.double() - th.log_mass[:, None]).exp(), 0.0)
+
+
+def test_approximate_nucleus_is_a_superset_within_its_total_variation_bound():
+    """nucleus="approx" keeps the whole crossing bucket: on softmaxes of random logits at
+    several temperatures and Zipf-like rows, its distance to the exact filter stays
+    under nucleus_tv_bound and small (docs/benchmarks.md quotes these numbers)."""
+    from duo.samplers.filters import nucleus_tv_bound
+
+    vocab = 20000
+    g = torch.Generator().manual_seed(0)
+    rows = [(scale * torch.randn(4, vocab, generator=g)).log_softmax(-1) for scale in (0.5, 1.0, 2.0, 4.0)]
+    ranks = torch.arange(1, vocab + 1, dtype=torch.float32)
+    for s in (0.8, 1.0, 1.2):  # Zipf-like, tokens in a random order
+        rows.append((-s * ranks.log())[torch.randperm(vocab, generator=g)].log_softmax(-1)[None])
+    lp = torch.cat(rows)
+    for top_p in (0.5, 0.9, 0.95):
+        exact, approx = row_thresholds(lp, top_p), row_thresholds(lp, top_p, nucleus="approx")
+        pe, pa = _filtered(lp, exact), _filtered(lp, approx)
+        assert bool(((pe > 0) <= (pa > 0)).all())  # a superset of the exact nucleus
+        tv = 0.5 * (pe - pa).abs().sum(-1)
+        assert bool((tv <= nucleus_tv_bound(lp, top_p) + 1e-6).all())
+        assert float(tv.max()) < 0.03 and float(tv.median()) < 0.01
+        assert torch.allclose(pa.sum(-1), torch.ones(lp.shape[0], dtype=torch.float64), atol=1e-5)
+
+
+def test_approximate_nucleus_equals_the_exact_one_when_buckets_separate_the_tokens():
+    lp = torch.tensor([[0.4, 0.25, 0.15, 0.1, 0.06, 0.04]], dtype=torch.float64).log()
+    for top_p in (0.3, 0.6, 0.8, 0.9, 0.97):
+        exact, approx = row_thresholds(lp, top_p), row_thresholds(lp, top_p, nucleus="approx")
+        assert torch.allclose(_filtered(lp, exact), _filtered(lp, approx), atol=1e-12, rtol=0)
+
+
+def test_psi_with_the_approximate_nucleus_samples_and_checks_its_option():
+    den = make_denoiser()
+    sampler = get_sampler("psi", nucleus="approx", top_p=0.8)
+    kw = dict(batch_size=2, seq_len=8, vocab_size=K, steps=6, seed=3)
+    a = generate(sampler, den, SCHEDULE, **kw).tokens
+    assert torch.equal(a, generate(sampler, den, SCHEDULE, **kw).tokens)
+    with pytest.raises(ValueError, match="unknown nucleus"):
+        get_sampler("psi", nucleus="fast")

@@ -27,10 +27,11 @@ from duo.utils.chunks import row_chunks
 from .blocks import BLOCK, block_sums
 from .workspace import Workspace
 
-_MANTISSA_BITS = 4  # 16 buckets per factor of two in probability
-# Non-negative float32 bit patterns >> (23 - 4): [0, 2) fills the lower half; inf and
-# NaN land in the upper half instead of out of range (NaN is then reported).
-_BUCKETS = 1 << (8 + _MANTISSA_BITS)
+NUCLEI = ("exact", "approx")
+# Buckets per factor of two in probability: 2 ** bits ("exact" sorts the crossing
+# bucket's tokens; "approx" keeps that whole bucket, so it uses narrower ones).
+_MANTISSA_BITS = {"exact": 4, "approx": 5}
+_OCTAVES = 49  # factors of two of probability counted first, down to 2^-48
 _MAX_MEMBERS = 4096  # a crossing bucket this crowded is checked for an all-tied row
 
 
@@ -40,6 +41,11 @@ def check_filter(top_p: float, top_k: int) -> None:
         raise ValueError(f"top_p={top_p!r} must lie in (0, 1]; use 1.0 to disable nucleus sampling")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k={top_k!r} must be an integer >= 0; use 0 to disable it")
+
+
+def check_nucleus(nucleus: str) -> None:
+    if nucleus not in NUCLEI:
+        raise ValueError(f"unknown nucleus {nucleus!r}; valid: {', '.join(NUCLEI)}")
 
 
 def filter_active(top_p: float, top_k: int, vocab_size: int) -> bool:
@@ -183,20 +189,25 @@ def _crossing_thresholds(lp: Tensor, row: Tensor, col: Tensor, above: Tensor, to
     return tau, (above + torch.where(v >= tau[:, None], q, 0.0).sum(-1)).log()
 
 
-def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tensor, Tensor]:
+def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace, nucleus: str) -> tuple[Tensor, Tensor, Tensor]:
     """top-p thresholds for rows of normalised log-probs (r, K) without sorting the rows.
 
     Every token goes to a bucket given by the top bits of its float32 probability
-    (exponent and :data:`_MANTISSA_BITS` mantissa bits: buckets about 6% wide, ordered
-    like the probabilities). One scatter-add gives each bucket's mass; counted from the
-    top, the bucket where the mass reaches p holds the threshold, and only its tokens
-    (a few per thousand in a broad row) are sorted. The result is exact up to float32
-    rounding of the bucket masses (below float32 log-softmax's own normalisation error).
+    (exponent and ``_MANTISSA_BITS[nucleus]`` mantissa bits: buckets 4.4% ("exact") or
+    1.1% ("approx") wide, ordered like the probabilities). One scatter-add gives each
+    bucket's mass; counted from the top, the bucket where the mass reaches p holds the
+    threshold. "exact" sorts only that bucket's tokens (a few per thousand in a broad
+    row): exact up to float32 rounding of the bucket masses (below float32 log-softmax's
+    own normalisation error). "approx" keeps the whole bucket, a superset of the exact
+    nucleus (:func:`nucleus_tv_bound`), and skips the pass that finds its tokens.
     Returns (log_tau, log_mass) (r,) and the rows' block masses (r, nb), a cheap extra
     reduction while the probabilities are in the cache.
     """
     r, vocab = lp.shape
     device = lp.device
+    bits = _MANTISSA_BITS[nucleus]
+    buckets = 1 << (8 + bits)  # non-negative float32 patterns >> (23 - bits): [0, 2) fills
+    # the lower half; inf and NaN land in the upper half instead of out of range.
     src = lp
     if lp.dtype not in (torch.float32, torch.float64):  # bfloat16 masses would misplace the crossing
         src = ws.get("lp32", lp.shape, torch.float32, device).copy_(lp)
@@ -208,12 +219,27 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
     p32 = p if p.dtype == torch.float32 else ws.get("p32", lp.shape, torch.float32, device).copy_(p)
     # Widen, then shift in place: a shift of int32 into an int64 ``out`` is ~3x slower.
     bucket = ws.get("bucket", lp.shape, torch.long, device).copy_(p32.view(torch.int32))
-    bucket.bitwise_right_shift_(23 - _MANTISSA_BITS)
-    hist = ws.get("hist", (r, _BUCKETS), p.dtype, device).zero_().scatter_add_(1, bucket, p)
-    from_top = hist.double().flip(-1).cumsum(-1)
-    j = (from_top < top_p).sum(-1, keepdim=True).clamp_max(_BUCKETS - 1)
+    bucket.bitwise_right_shift_(23 - bits)
+    hist = ws.get("hist", (r, buckets), p.dtype, device).zero_().scatter_add_(1, bucket, p)
+    # Count from the top only over p in [2^-48, 2) (normalised rows have no p >= 2): a
+    # sixth of the buckets. Rows that need the mass below 2^-48 use every bucket.
+    hi = 128 << bits
+    lo = hi - (_OCTAVES << bits)
+    from_top = hist[:, lo:hi].double().flip(-1).cumsum_(-1)
+    j = (from_top < top_p).sum(-1, keepdim=True)
+    if bool((j >= hi - lo).any()):
+        lo, hi = 0, buckets
+        from_top = hist.double().flip(-1).cumsum_(-1)
+        j = (from_top < top_p).sum(-1, keepdim=True)
+    j = j.clamp_max_(hi - lo - 1)
+    crossing = hi - 1 - j  # the bucket where the mass from the top reaches p
+    if nucleus == "approx":
+        # Keep the crossing bucket whole: p >= the smallest float32 in it.
+        low = (crossing.squeeze(1) << (23 - bits)).to(torch.int32).view(torch.float32)
+        tau = torch.where(low > 0, low.double().log(), float("-inf")).to(log_tau_dtype(lp.dtype, nucleus))
+        return tau, from_top.gather(1, j).squeeze(1).log(), blocks
     above = torch.where(j > 0, from_top.gather(1, (j - 1).clamp_min(0)), 0.0).squeeze(1)
-    row, col = _members(bucket, _BUCKETS - 1 - j, ws)
+    row, col = _members(bucket, crossing, ws)
     count = torch.bincount(row, minlength=r)
     tied, tied_tau, tied_mass = _tied_rows(lp, (count > _MAX_MEMBERS).nonzero().squeeze(1))
     if bool(tied.any()):  # sorting a whole tied row would be slow and pointless: keep all
@@ -224,35 +250,59 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace) -> tuple[Tensor, Tenso
     return torch.where(tied, tied_tau, tau), torch.where(tied, tied_mass, log_mass), blocks
 
 
-def _top_p_thresholds(lp: Tensor, top_p: float, ws: Workspace) -> Thresholds:
+def log_tau_dtype(dtype: torch.dtype, nucleus: str) -> torch.dtype:
+    """dtype of the thresholds: the log-probs' ("approx" on bfloat16 rows: float32, its
+    thresholds are bucket edges, not log-probs)."""
+    return dtype if nucleus == "exact" or dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _top_p_thresholds(lp: Tensor, top_p: float, ws: Workspace, nucleus: str) -> Thresholds:
     """top-p thresholds of rows of normalised log-probs (N, K), in cache-sized chunks of
     rows (:func:`_top_p_chunk`), with the rows' block masses for the draw."""
     n, vocab = lp.shape
-    log_tau = lp.new_empty(n)
+    log_tau = torch.empty(n, dtype=log_tau_dtype(lp.dtype, nucleus), device=lp.device)
     log_mass = torch.empty(n, dtype=torch.float64, device=lp.device)
     blocks = []
     for rows in row_chunks(n, vocab, lp.device):
-        log_tau[rows], log_mass[rows], mass = _top_p_chunk(lp[rows], top_p, ws)
+        log_tau[rows], log_mass[rows], mass = _top_p_chunk(lp[rows], top_p, ws, nucleus)
         blocks.append(mass)
     block_mass = torch.cat(blocks) if blocks else lp.new_zeros((0, -(-vocab // BLOCK)))
     return Thresholds(log_tau, log_mass, block_mass=block_mass)
 
 
+def nucleus_tv_bound(log_probs: Tensor, top_p: float) -> Tensor:
+    """Per row of normalised log-probs (N, K): an upper bound on the total-variation
+    distance between ``nucleus="approx"`` and the exact top-p filter.
+
+    The approximate kept set contains the exact one, so the distance is one minus the
+    ratio of their masses, at most ``(m - top_p) / m`` with ``m`` the approximate kept
+    mass: the part of the crossing bucket (width 1/S in log-probability) past ``top_p``.
+    """
+    th = row_thresholds(log_probs, top_p, nucleus="approx")
+    if th is None:
+        return torch.zeros(log_probs.shape[0], dtype=torch.float64, device=log_probs.device)
+    kept = th.log_mass.exp()
+    return ((kept - top_p) / kept).clamp_min(0.0)
+
+
 def row_thresholds(log_probs: Tensor, top_p: float = 1.0, top_k: int = 0,
-                   workspace: Workspace | None = None) -> Thresholds | None:
+                   workspace: Workspace | None = None, nucleus: str = "exact") -> Thresholds | None:
     """Filter thresholds for rows of normalised log-probabilities (N, K); None if no filter.
 
     top-k (alone or before top-p): the top ``top_k + 1`` entries of each row decide the
     threshold, and the draw needs only them; rows with ties across the window edge are
-    sorted. top-p alone: a bucketed histogram of each row (:func:`_top_p_thresholds`).
+    sorted. top-p alone: a bucketed histogram of each row (:func:`_top_p_thresholds`),
+    exact, or with ``nucleus="approx"`` the whole crossing bucket kept (see
+    :func:`nucleus_tv_bound`); top-k windows are always exact.
     """
+    check_nucleus(nucleus)
     n, vocab = log_probs.shape
     if not filter_active(top_p, top_k, vocab):
         return None
     ws = workspace or Workspace()
     top_k = top_k if 0 < top_k < vocab else 0
     if not top_k:
-        return _top_p_thresholds(log_probs, top_p, ws)
+        return _top_p_thresholds(log_probs, top_p, ws, nucleus)
     width = min(vocab, top_k + 1)
     full = width >= vocab
     top = log_probs.sort(-1, descending=True) if full else log_probs.topk(width, -1)

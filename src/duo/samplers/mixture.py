@@ -89,6 +89,7 @@ def draw(
     top_k: int,
     generator: torch.Generator | None,
     workspace: Workspace | None = None,
+    nucleus: str = "exact",
 ) -> Tensor:
     """Sample every position of ``z`` (B, L) from mixture ``m``; returns int64 ids (B, L).
 
@@ -117,20 +118,20 @@ def draw(
             thresholds = thresholds.take(rows)
         picked = _sample_rows(log_probs.reshape(-1, vocab), rows, u_x.reshape(-1)[rows],
                               u_retry.reshape(-1)[rows], thresholds, top_p, top_k,
-                              workspace or Workspace())
+                              workspace or Workspace(), nucleus)
         out = out.reshape(-1).index_put((rows,), picked).reshape(b, l)
     return out
 
 
 def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, u_retry: Tensor, th: Thresholds | None,
-                 top_p: float, top_k: int, ws: Workspace) -> Tensor:
+                 top_p: float, top_k: int, ws: Workspace, nucleus: str = "exact") -> Tensor:
     """Draw from the filtered prediction of rows ``rows`` of ``flat`` (N, K) with uniforms
     ``u`` and ``u_retry`` (n,); ``th`` is for those rows or None (then computed here).
     Returns (n,) ids."""
     n, vocab = rows.numel(), flat.shape[1]
     if th is None and filter_active(top_p, top_k, vocab):
         lp = flat[rows] if n < flat.shape[0] else flat
-        th = row_thresholds(lp, top_p, top_k, ws)
+        th = row_thresholds(lp, top_p, top_k, ws, nucleus)
     picked = torch.empty(n, dtype=torch.long, device=flat.device)
     todo = torch.arange(n, device=flat.device)
     if th is not None and th.windowed is not None:

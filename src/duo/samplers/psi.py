@@ -202,4 +202,5 @@ class PsiSampler(AncestralSampler):
         kappa = self.rule_for(time.phase).kappa(a_s, time.alpha_t)
         return reverse_step(self._process, denoiser, z, time, generator=generator,
                             prediction=prediction, top_p=self.top_p, top_k=self.top_k,
-                            tail=self.tail, kappa=kappa, workspace=workspace)
+                            tail=self.tail, kappa=kappa, workspace=workspace,
+                            nucleus=self.nucleus)
