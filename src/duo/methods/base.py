@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..schedules import Schedule, get_schedule
 
 
 @dataclass
@@ -35,3 +38,26 @@ def reduce_tokens(per_token: Tensor, mask: Tensor | None) -> LossOutput:
 
 def attention_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return batch.get("attention_mask")
+
+
+class MaskedMethod:
+    """What the masked-process methods (MDLM, SEDD, D3PM) share: the mask is one id
+    appended to the tokenizer's vocabulary, a schedule from the config, no curriculum.
+    Subclasses set ``name`` and ``process`` and add their loss and denoiser."""
+
+    def __init__(self, cfg: Any, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
+                 loss_chunk_elements: int | None = None):
+        # logits elements per loss chunk (None: chosen by device, see duo.losses.token_loss)
+        self.loss_chunk_elements = loss_chunk_elements
+        self.cfg = cfg.validate()
+        self.backbone = backbone
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size - 1
+        self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
+
+    @staticmethod
+    def model_vocab_size(tokenizer_vocab_size: int) -> int:
+        return tokenizer_vocab_size + 1
+
+    def phase(self, step: int) -> str:
+        return "discrete"

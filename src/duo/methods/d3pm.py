@@ -11,13 +11,13 @@ denoiser never puts mass on the mask and copies unmasked tokens (the official
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..losses import d3pm_elbo, token_loss
 from ..processes import absorbing
 from ..processes.kinds import ABSORBING_DISCRETE
-from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens
+from ..schedules import sigma_from_alpha
+from .base import LossOutput, MaskedMethod, attention_mask, reduce_tokens
 from .config import D3pmConfig
 
 
@@ -27,28 +27,14 @@ def grid_steps(t: Tensor, T: int, eps: float) -> Tensor:
     return (torch.floor(u * T).long() + 1).clamp(1, T)
 
 
-class D3pmMethod:
+class D3pmMethod(MaskedMethod):
     """Discrete-time masked diffusion; the mask is the last id of the model's vocabulary."""
+
+    cfg: D3pmConfig
 
     name = "d3pm"
     process = ABSORBING_DISCRETE
     bound_includes_reconstruction = True  # step 1 of the T is the reconstruction term
-
-    def __init__(self, cfg: D3pmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
-                 loss_chunk_elements: int | None = None):
-        self.loss_chunk_elements = loss_chunk_elements
-        self.cfg = cfg.validate()
-        self.backbone = backbone
-        self.vocab_size = vocab_size
-        self.mask_id = vocab_size - 1
-        self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
-
-    @staticmethod
-    def model_vocab_size(tokenizer_vocab_size: int) -> int:
-        return tokenizer_vocab_size + 1
-
-    def phase(self, step: int) -> str:
-        return "discrete"
 
     def sampler_options(self, sampler: str) -> dict:
         return {"T": self.cfg.T} if sampler == "d3pm" else {}

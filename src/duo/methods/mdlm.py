@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..losses import mdlm_nelbo, token_loss
 from ..processes import ABSORBING, absorbing
-from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens
+from ..schedules import sigma_from_alpha
+from .base import LossOutput, MaskedMethod, attention_mask, reduce_tokens
 from .config import MdlmConfig
 
 
-class MdlmMethod:
+class MdlmMethod(MaskedMethod):
     """Masked diffusion LM; the mask is the last id of the model's vocabulary."""
+
+    cfg: MdlmConfig
 
     name = "mdlm"
     process = ABSORBING
-
-    def __init__(self, cfg: MdlmConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
-                 loss_chunk_elements: int | None = None):
-        # logits elements per loss chunk (None: chosen by device, see duo.losses.token_loss)
-        self.loss_chunk_elements = loss_chunk_elements
-        self.cfg = cfg.validate()
-        self.backbone = backbone
-        self.vocab_size = vocab_size
-        self.mask_id = vocab_size - 1
-        self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
-
-    @staticmethod
-    def model_vocab_size(tokenizer_vocab_size: int) -> int:
-        return tokenizer_vocab_size + 1
-
-    def phase(self, step: int) -> str:
-        return "discrete"
 
     def log_probs(self, z: Tensor, alpha_t: Tensor) -> Tensor:
         sigma = sigma_from_alpha(alpha_t.float())

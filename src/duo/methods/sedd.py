@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..losses import sedd_dse, token_loss
 from ..processes import absorbing
 from ..processes.kinds import ABSORBING_SCORE
-from ..schedules import Schedule, get_schedule, sigma_from_alpha
-from .base import LossOutput, attention_mask, reduce_tokens
+from ..schedules import sigma_from_alpha
+from .base import LossOutput, MaskedMethod, attention_mask, reduce_tokens
 from .config import SeddConfig
 
 
@@ -43,27 +43,13 @@ def score_log_ratios(logits: Tensor, z: Tensor, alpha_t: Tensor, mask_id: int) -
     return out.scatter(-1, z[..., None], 0.0)
 
 
-class SeddMethod:
+class SeddMethod(MaskedMethod):
     """SEDD on the masked process; the mask is the last id of the model's vocabulary."""
+
+    cfg: SeddConfig
 
     name = "sedd"
     process = ABSORBING_SCORE
-
-    def __init__(self, cfg: SeddConfig, backbone: nn.Module, vocab_size: int, max_steps: int = 0,
-                 loss_chunk_elements: int | None = None):
-        self.loss_chunk_elements = loss_chunk_elements
-        self.cfg = cfg.validate()
-        self.backbone = backbone
-        self.vocab_size = vocab_size
-        self.mask_id = vocab_size - 1
-        self.schedule: Schedule = get_schedule(cfg.schedule, eps=cfg.eps)
-
-    @staticmethod
-    def model_vocab_size(tokenizer_vocab_size: int) -> int:
-        return tokenizer_vocab_size + 1
-
-    def phase(self, step: int) -> str:
-        return "discrete"
 
     def _logits(self, z: Tensor, alpha_t: Tensor) -> Tensor:
         return self.backbone(z, sigma_from_alpha(alpha_t.reshape(-1).float())).float()
