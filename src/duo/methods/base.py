@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..schedules import Schedule, get_schedule
+from ..losses import token_loss
+from ..processes import absorbing
+from ..schedules import Schedule, get_schedule, sigma_from_alpha
 
 
 @dataclass
@@ -61,3 +63,20 @@ class MaskedMethod:
 
     def phase(self, step: int) -> str:
         return "discrete"
+
+    def conditioning(self, alpha: Tensor) -> Tensor:
+        """The sigma (B,) the backbone sees at alpha (B,): ``-log alpha``."""
+        return sigma_from_alpha(alpha.float())
+
+    def continuous_loss(self, batch: dict[str, Tensor], t: Tensor, loss_from_logits, generator=None
+                        ) -> LossOutput:
+        """Mean over tokens of ``loss_from_logits(logits, z_t, x, alpha, dalpha)`` at
+        z_t ~ q_t(. | x) (continuous time t (B,)), the output layer run in chunks."""
+        x = batch["input_ids"]
+        alpha = self.schedule.alpha(t)[:, None]
+        dalpha = self.schedule.dalpha(t)[:, None]
+        z_t = absorbing.sample_zt(x, alpha, self.mask_id, generator=generator)
+        per_token = token_loss(loss_from_logits, self.backbone, z_t, self.conditioning(alpha[:, 0]), z_t, x,
+                               alpha.expand(x.shape), dalpha.expand(x.shape),
+                               max_elements=self.loss_chunk_elements)
+        return reduce_tokens(per_token, attention_mask(batch))

@@ -20,11 +20,11 @@ import math
 import torch
 from torch import Tensor
 
-from ..losses import sedd_dse, token_loss
+from ..losses import sedd_dse
 from ..processes import absorbing
 from ..processes.kinds import ABSORBING_SCORE
 from ..schedules import sigma_from_alpha
-from .base import LossOutput, MaskedMethod, attention_mask, reduce_tokens
+from .base import LossOutput, MaskedMethod
 from .config import SeddConfig
 
 
@@ -69,15 +69,7 @@ class SeddMethod(MaskedMethod):
     def training_loss(
         self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0, generator=None
     ) -> LossOutput:
-        x = batch["input_ids"]
-        alpha = self.schedule.alpha(t)[:, None]
-        dalpha = self.schedule.dalpha(t)[:, None]
-        z_t = absorbing.sample_zt(x, alpha, self.mask_id, generator=generator)
-        sigma = sigma_from_alpha(alpha[:, 0].float())
-        per_token = token_loss(self._dse_from_logits, self.backbone, z_t, sigma, z_t, x,
-                               alpha.expand(x.shape), dalpha.expand(x.shape),
-                               max_elements=self.loss_chunk_elements)
-        return reduce_tokens(per_token, attention_mask(batch))
+        return self.continuous_loss(batch, t, self._dse_from_logits, generator)
 
     def eval_loss(self, batch: dict[str, Tensor], t: Tensor, *, generator=None) -> LossOutput:
         # As MDLM: no prior term (alpha_1 = eps > 0 against the all-mask prior).
