@@ -69,7 +69,9 @@ def main(args: list[str]) -> int:
         with atomic_path(states) as tmp:  # (states, B, L) ids from the prior to the end
             torch.save(torch.stack(gen.intermediates).to(torch.int32), tmp)
         print(f"denoising states: {states}")
-    print(f"{len(gen.texts)} samples x {plan.seq_len} tokens, {plan.sampler} sampler, {plan.steps or 'default'} "
+    if gen.lengths is not None:  # semi-autoregressive: windows of the model's context
+        print(f"lengths before the first EOS: {gen.lengths}")
+    print(f"{len(gen.texts)} samples x {gen.tokens.shape[1]} tokens, {plan.sampler} sampler, {plan.steps or 'default'} "
           f"steps, nfe {gen.nfe} ({sampling.protocol} protocol), {gen.tokens_per_second:.1f} tokens/s; "
           f"saved to {out}")
     return 0
