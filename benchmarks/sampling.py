@@ -12,6 +12,8 @@
    filtering, categorical draw) at a GPT-2-sized vocabulary, K = 50,257, with the tiny
    architecture and random weights (timing does not depend on training). The denoiser
    is wrapped with a timer; share = 1 - denoiser time / whole-loop time. Target < 25%.
+   ``--baseline REV`` also times the samplers as of git revision REV in the same process,
+   alternating with the working tree's, ``--overhead-repeats`` times (medians reported).
 
 Without ``--duo`` / ``--judge`` the script trains both on the built-in corpus for
 ``--train-steps`` steps into ``--work-dir`` (reused when already there).
@@ -34,7 +36,31 @@ from duo.samplers import generate, get_sampler
 SAMPLERS = ("ancestral", "greedy_tail", "psi")
 # The overhead table adds Psi without its default nucleus filter (top-p 0.9), to show
 # the kappa mixture and the filter separately.
-OVERHEAD_CASES = [(name, {}) for name in SAMPLERS] + [("psi", {"top_p": 1.0})]
+OVERHEAD_CASES = [(name, {}) for name in SAMPLERS] + [("psi", {"top_p": 1.0}), ("psi", {"nucleus": "approx"})]
+
+
+def samplers_at(rev: str):
+    """``duo.samplers`` as of git revision ``rev``, imported beside the working tree's
+    (as ``duo.samplers_at_<rev>``) to time both code paths in one process."""
+    import importlib
+    import re
+    import subprocess
+    import tempfile
+
+    import duo
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+    name = "samplers_at_" + re.sub(r"\W", "_", rev)
+    pkg = Path(tempfile.mkdtemp()) / name
+    pkg.mkdir()
+    for path in git("ls-tree", "--name-only", rev, "src/duo/samplers/").split():
+        (pkg / Path(path).name).write_text(git("show", f"{rev}:{path}"))
+    duo.__path__.append(str(pkg.parent))
+    return importlib.import_module(f"duo.{name}")
 
 
 def train_tiny(algo: str, work_dir: Path, steps: int, device: str, overrides: list[str]) -> Path:
@@ -76,9 +102,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torch.device) -> list[dict]:
-    """Time the network against the whole sampling loop for each sampler."""
+def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torch.device,
+                  baseline: str | None = None, repeats: int = 1) -> list[dict]:
+    """Time the network against the whole sampling loop for each sampler (and, with
+    ``baseline``, for the samplers at that git revision, alternating)."""
     from duo.methods import build_method
+    import duo.samplers as current
 
     cfg = build_config(["algo=duo", "model=tiny", f"model.max_seq_len={seq_len}"])
     backbone, method = build_method(cfg, vocab)
@@ -98,27 +127,45 @@ def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torc
         spent[0] += time.perf_counter() - start
         return out
 
+    versions = [("current", current)] + ([(baseline, samplers_at(baseline))] if baseline else [])
+    runs = []
+    for version, module in versions:
+        for name, options in OVERHEAD_CASES:
+            try:
+                sampler = module.get_sampler(name, **options)
+            except ValueError:  # an option that revision does not have
+                continue
+            label = name + "".join(f" {k}={v}" for k, v in options.items())
+            runs.append({"version": version, "sampler": label, "obj": sampler, "generate": module.generate,
+                         "step_ms": [], "network_ms": [], "outside_share": []})
+
+    def run(r: dict, n: int) -> tuple[float, float]:
+        spent[0] = 0.0
+        _sync(device)
+        start = time.perf_counter()
+        r["generate"](r["obj"], timed, method.schedule, batch_size=batch, seq_len=seq_len, vocab_size=vocab,
+                      steps=n, seed=0, device=device)
+        _sync(device)
+        return time.perf_counter() - start, spent[0]
+
+    for r in runs:
+        run(r, 2)  # warm-up: allocator, kernels
+    for rep in range(repeats):
+        for r in runs:  # alternating: each repeat times every sampler of every version once
+            total, net = run(r, steps)
+            r["step_ms"].append(1e3 * total / steps)
+            r["network_ms"].append(1e3 * net / steps)
+            r["outside_share"].append(1.0 - net / total)
     rows = []
-    for name, options in OVERHEAD_CASES:
-        sampler = get_sampler(name, **options)
-
-        def run(n: int) -> float:
-            spent[0] = 0.0
-            _sync(device)
-            start = time.perf_counter()
-            generate(sampler, timed, method.schedule, batch_size=batch, seq_len=seq_len, vocab_size=vocab,
-                     steps=n, seed=0, device=device)
-            _sync(device)
-            return time.perf_counter() - start
-
-        run(2)  # warm-up: allocator, kernels
-        total = run(steps)
-        share = 1.0 - spent[0] / total
-        label = name + "".join(f" {k}={v}" for k, v in options.items())
-        rows.append({"sampler": label, "step_ms": 1e3 * total / steps, "network_ms": 1e3 * spent[0] / steps,
-                     "outside_share": share})
-        print(f"{label:18s} step {rows[-1]['step_ms']:8.1f} ms, network {rows[-1]['network_ms']:8.1f} ms, "
-              f"outside the network {share:.1%}", flush=True)
+    for r in runs:
+        med = {k: sorted(r[k])[len(r[k]) // 2] for k in ("step_ms", "network_ms", "outside_share")}
+        row = {"sampler": r["sampler"], **med}
+        if baseline:
+            row = {"version": r["version"], **row, "repeats": {k: r[k] for k in ("step_ms", "network_ms", "outside_share")}}
+        rows.append(row)
+        tag = f"[{r['version']}] " if baseline else ""
+        print(f"{tag}{r['sampler']:22s} step {med['step_ms']:8.1f} ms, network {med['network_ms']:8.1f} ms, "
+              f"outside the network {med['outside_share']:.1%}", flush=True)
     return rows
 
 
@@ -153,8 +200,8 @@ def markdown(quality: list[dict], overhead: list[dict], settings: dict) -> str:
     lines += ["", f"Per-step overhead at K = {settings['overhead_vocab']}, L = {settings['overhead_seq_len']}, "
               f"B = {settings['overhead_batch']}, tiny DiT, {settings['device']}:", "",
               "| sampler | step (ms) | network (ms) | outside the network |", "|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['step_ms']:.1f} | {r['network_ms']:.1f} | {r['outside_share']:.1%} |"
-              for r in overhead]
+    lines += [f"| {r['sampler']}{' @ ' + r['version'] if 'version' in r else ''} | {r['step_ms']:.1f} | "
+              f"{r['network_ms']:.1f} | {r['outside_share']:.1%} |" for r in overhead]
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +220,8 @@ def main() -> None:
     p.add_argument("--overhead-seq-len", type=int, default=128)
     p.add_argument("--overhead-batch", type=int, default=8)
     p.add_argument("--overhead-steps", type=int, default=4)
+    p.add_argument("--overhead-repeats", type=int, default=1, help="timed runs per sampler (medians reported)")
+    p.add_argument("--baseline", help="also time the samplers of this git revision, alternating with the current ones")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
@@ -189,7 +238,7 @@ def main() -> None:
         quality = quality_sweep(loaded, judge, args.steps, args.num_samples, args.batch_size, device)
         plot(quality, work / "gen_ppl_vs_steps.png")
     overhead = step_overhead(args.overhead_vocab, args.overhead_seq_len, args.overhead_batch,
-                             args.overhead_steps, device)
+                             args.overhead_steps, device, args.baseline, args.overhead_repeats)
     settings = {k: v for k, v in vars(args).items()}
     table = markdown(quality, overhead, settings)
     (work / "sampling.md").write_text(table)

@@ -98,7 +98,7 @@ class AncestralSampler:
 
     ``cache_predictions`` reuses the last prediction while ``z`` is unchanged; it is only
     valid for a denoiser without time conditioning (checked by ``generate``).
-    ``nucleus="approx"`` keeps the whole probability bucket (0.4% wide) where top-p's
+    ``nucleus="approx"`` keeps the whole probability bucket (2.2% wide) where top-p's
     mass is reached instead of sorting it: cheaper at large K, total-variation distance
     to the exact filter at most :func:`duo.samplers.filters.nucleus_tv_bound`.
     """

@@ -194,7 +194,7 @@ def _top_p_chunk(lp: Tensor, top_p: float, ws: Workspace, nucleus: str) -> tuple
 
     Every token goes to a bucket given by the top bits of its float32 probability
     (exponent and ``_MANTISSA_BITS[nucleus]`` mantissa bits: buckets 4.4% ("exact") or
-    1.1% ("approx") wide, ordered like the probabilities). One scatter-add gives each
+    2.2% ("approx") wide, ordered like the probabilities). One scatter-add gives each
     bucket's mass; counted from the top, the bucket where the mass reaches p holds the
     threshold. "exact" sorts only that bucket's tokens (a few per thousand in a broad
     row): exact up to float32 rounding of the bucket masses (below float32 log-softmax's
