@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from duo.checkpoints import load_checkpoint, read_checkpoint
 from duo.cli import main
-from duo.utils.io import RunDirLock, atomic_write_text
+from duo.utils.io import RunDirBusy, RunDirLock, atomic_write_text
 
 from conftest import tiny_overrides
 
@@ -210,7 +211,31 @@ def test_lock_is_released_and_stale_locks_taken_over(tmp_path):
     with RunDirLock(tmp_path) as lock:
         assert lock.took_over and str(dead.pid) in lock.took_over
         assert tmp_path.joinpath(".duo.lock").read_text().split()[0] == str(os.getpid())
-    assert not tmp_path.joinpath(".duo.lock").exists()
+        with pytest.raises(RunDirBusy, match="in use"):  # the kernel lock, even in this process
+            RunDirLock(tmp_path).acquire()
+    assert tmp_path.joinpath(".duo.lock").read_text() == ""  # released: names no owner
+    with RunDirLock(tmp_path) as again:
+        assert again.took_over is None
+
+
+def test_only_one_of_many_racing_processes_takes_the_lock(tmp_path):
+    # Six processes try at once; with a stale lock present too. Exactly one may win.
+    code = ("import sys, time; from duo.utils.io import RunDirLock, RunDirBusy\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "try:\n    RunDirLock(sys.argv[1]).acquire(); print('won'); time.sleep(1.5)\n"
+            "except RunDirBusy:\n    print('busy')\n")
+    for stale in (False, True):
+        run = tmp_path / f"race{int(stale)}"
+        run.mkdir()
+        if stale:
+            dead = subprocess.Popen([sys.executable, "-c", "pass"])
+            dead.wait()
+            (run / ".duo.lock").write_text(f"{dead.pid} {__import__('socket').gethostname()}\n")
+        start = time.time() + 3.0
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(run), str(start)], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(6)]
+        outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert outs.count("won") == 1, outs
 
 
 # ----------------------------------------------------------------------------- I/O faults

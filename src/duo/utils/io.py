@@ -133,9 +133,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunDirLock:
-    """``<run_dir>/.duo.lock`` holding ``pid host``, created exclusively. A lock whose
-    process is gone (same host, dead pid) is stale and is taken over; a live one makes
-    :meth:`acquire` raise :class:`RunDirBusy` in one line."""
+    """``<run_dir>/.duo.lock``: a kernel lock (``flock``) on the file, which also holds
+    ``pid host`` for messages. The kernel drops the lock when its process dies, so a crash
+    leaves no stale lock and two processes can never both hold it. A file naming a live
+    process on this host that holds no kernel lock (a hand-made lock or an older duo) is
+    respected too. A busy lock makes :meth:`acquire` raise :class:`RunDirBusy` in one line."""
 
     NAME = ".duo.lock"
 
@@ -144,6 +146,7 @@ class RunDirLock:
         self.command = command
         self.held = False
         self.took_over: str | None = None  # "pid N on host H" of a stale lock that was replaced
+        self._fd: int | None = None
 
     def _owner(self) -> tuple[int | None, str]:
         try:
@@ -153,44 +156,45 @@ class RunDirLock:
         pid = int(text[0]) if text and text[0].isdigit() else None
         return pid, text[1] if len(text) > 1 else ""
 
+    def _busy(self, pid: int | None, host: str) -> RunDirBusy:
+        who = f"pid {pid} on host {host}" if pid is not None else "another process"
+        return RunDirBusy(
+            f"run directory {str(self.path.parent)!r} is in use by {self.command} ({who}); wait for it to "
+            f"finish, pick another run_dir=, or delete {str(self.path)!r} if that process is gone"
+        )
+
     def acquire(self) -> "RunDirLock":
+        import fcntl
         import socket
 
+        if self.held:
+            return self
         host = socket.gethostname()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_file_mode())
-            except FileExistsError:
-                pid, owner_host = self._owner()
-                if pid == os.getpid() and owner_host == host:
-                    self.held = True  # already ours (train() called twice in one process)
-                    return self
-                if pid is not None and owner_host == host and not _pid_alive(pid):
-                    self.took_over = f"pid {pid} on host {host}"
-                    self.path.unlink(missing_ok=True)
-                    continue
-                if pid is None:  # empty or half-written lock: its writer died at once
-                    self.took_over = "an unreadable lock"
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise RunDirBusy(
-                    f"run directory {str(self.path.parent)!r} is in use by {self.command} (pid {pid} on host "
-                    f"{owner_host}); wait for it to finish, pick another run_dir=, or delete {str(self.path)!r} "
-                    "if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {host}\n")
-            self.held = True
-            return self
-        raise RunDirBusy(f"could not take the lock {str(self.path)!r}; another process keeps creating it")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, default_file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._busy(*self._owner()) from None
+        pid, owner_host = self._owner()  # under the kernel lock: no one else writes it now
+        if pid is not None and pid != os.getpid() and owner_host == host and _pid_alive(pid):
+            os.close(fd)  # releases the kernel lock
+            raise self._busy(pid, owner_host)
+        if pid is not None and pid != os.getpid():
+            self.took_over = f"pid {pid} on host {owner_host}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
+        self._fd, self.held = fd, True
+        return self
 
     def release(self) -> None:
-        if self.held:
-            pid, _ = self._owner()
-            if pid == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
+        # The file stays (deleting it would let a waiting process lock an unlinked inode
+        # while a third creates a new file); emptied, it names no owner.
+        if self.held and self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+        self._fd, self.held = None, False
 
     def __enter__(self) -> "RunDirLock":
         return self.acquire()
