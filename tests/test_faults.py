@@ -452,3 +452,15 @@ def test_non_utf8_jsonl_names_the_file_and_line(tmp_path, capsys):
     line = _one_line_error(err, "train")
     at = bad.read_bytes().index(b"\xe9")  # the offset in the file, as for .txt files
     assert code == 2 and f"'{bad}' line 3 is not UTF-8" in line and f"byte {at}: b'\\xe9'" in line, line
+
+
+def test_resume_takes_the_furthest_step_not_the_newest_file(tmp_path):
+    from duo.checkpoints import find_resumable
+
+    for name, step in (("last.ckpt", 200), ("step_100.ckpt", 100)):
+        torch.save({"state_dict": {"w": torch.ones(2) * step}, "global_step": step}, tmp_path / name)
+    now = time.time()
+    os.utime(tmp_path / "last.ckpt", (now - 60, now - 60))  # e.g. copied without -p: older time
+    os.utime(tmp_path / "step_100.ckpt", (now, now))
+    path, ckpt, _ = find_resumable(tmp_path)
+    assert path.name == "last.ckpt" and ckpt["global_step"] == 200

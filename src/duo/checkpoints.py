@@ -121,6 +121,19 @@ def _reason(err: Exception) -> str:
 _STEP = re.compile(r"step[_=-]?(\d+)")
 
 
+def _step_of(path: Path) -> int:
+    """The optimiser step a checkpoint was saved at: from ``step_N`` in its name, else its
+    ``global_step`` (tensors memory-mapped, not read); -1 when unreadable."""
+    m = _STEP.search(path.stem)
+    if m:
+        return int(m.group(1))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else -1
+    except Exception:  # noqa: BLE001 - damaged files sort last; the full read says why
+        return -1
+
+
 def find_resumable(directory: str | Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
     """The newest checkpoint in ``directory`` that loads and verifies (any ``*.ckpt``
     name), its contents, and one line per newer file that was skipped and why."""
@@ -128,11 +141,11 @@ def find_resumable(directory: str | Path) -> tuple[Path | None, dict[str, Any] |
     if not d.is_dir():
         return None, None, []
     files = [p for p in d.glob("*.ckpt") if p.is_file()]
-    # Newest first: by modification time, the step in the name breaking ties (last.ckpt
-    # and step_N.ckpt of the same step are written within the same second).
+    # Furthest first: by the training step (the name's, else the file's own global_step),
+    # then modification time. Times alone mislead after a copy, a touch or a restore
+    # from backup, and resuming from an older file would silently go back in training.
     def order(p: Path):
-        m = _STEP.search(p.stem)
-        return (p.stat().st_mtime_ns, p.name == "last.ckpt", int(m.group(1)) if m else -1)
+        return (_step_of(p), p.stat().st_mtime_ns, p.name == "last.ckpt")
 
     skipped: list[str] = []
     for p in sorted(files, key=order, reverse=True):
