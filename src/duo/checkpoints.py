@@ -147,17 +147,29 @@ def find_resumable(directory: str | Path) -> tuple[Path | None, dict[str, Any] |
     def order(p: Path):
         return (_step_of(p), p.stat().st_mtime_ns, p.name == "last.ckpt")
 
+    def check(p: Path) -> dict[str, Any]:
+        ckpt = read_checkpoint(p)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"checkpoint {str(p)!r} is not a training checkpoint (no state_dict)")
+        verify_checksum(ckpt, p)
+        return ckpt
+
     skipped: list[str] = []
-    for p in sorted(files, key=order, reverse=True):
+    ranked = sorted(files, key=order, reverse=True)
+    for i, p in enumerate(ranked):
         try:
-            ckpt = read_checkpoint(p)
-            if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-                raise ValueError(f"checkpoint {str(p)!r} is not a training checkpoint (no state_dict)")
-            verify_checksum(ckpt, p)
+            ckpt = check(p)
         except ValueError as err:
             skipped.append(str(err))
             continue
-        return p, ckpt, skipped  # newest first: the first good one is the one to resume
+        # Files whose step could not be read sort last: say why they were passed over.
+        for q in ranked[i + 1:]:
+            if _step_of(q) < 0:
+                try:
+                    check(q)
+                except ValueError as err:
+                    skipped.append(str(err))
+        return p, ckpt, skipped  # furthest first: the first good one is the one to resume
     return None, None, skipped
 
 
