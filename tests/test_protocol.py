@@ -340,3 +340,16 @@ def test_perplexity_reports_the_diffusion_only_term_beside_the_bound(algo):
         math.exp(res.nelbo - terms["prior"] - terms["reconstruction"]), rel=1e-9)
     assert res.diffusion_ppl == pytest.approx(math.exp(terms["diffusion"]), rel=1e-12)
     assert res.diffusion_ppl < res.ppl
+
+
+def test_sampling_config_catches_what_only_loading_would_have():
+    from duo.samplers import SamplingConfig, get_sampler
+
+    # the paper protocol's Psi default is the official max-rescale rule (eta 0.05)
+    cfg = SamplingConfig(sampler="psi", protocol="paper").validate()
+    assert get_sampler("psi", **cfg.options("psi")).rule.mode == "paper-max-rescale"
+    assert "rule" not in SamplingConfig(sampler="psi").validate().options("psi")
+    for bad, message in ((dict(sampler="sedd_analytic", top_p=0.9), "top_p does not apply to sampler='sedd_analytic'"),
+                         (dict(eta="x"), "eta='x' must be a number"), (dict(seed="1"), "seed='1' must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            SamplingConfig(**bad).validate()

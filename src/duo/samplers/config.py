@@ -8,7 +8,10 @@ few-step sampler), else the method's own (``ProcessKind.default_sampler``);
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +49,12 @@ class SamplingConfig:
     stride: int | None = None  # semi-AR: new tokens per window, < the context (default: half of it)
 
     def validate(self) -> "SamplingConfig":
+        for name in ("top_p", "eta", "kappa", "temperature"):  # Python callers may pass anything
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name}={value!r} must be a number")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} must be an integer")
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid samplers: {', '.join(sorted(SAMPLERS))}")
         for name, low in (("steps", 1), ("batch_size", 1), ("seq_len", 1), ("top_k", 0), ("length", 1),
@@ -94,7 +103,9 @@ class SamplingConfig:
             return self.kappa_mode, 0.0
         if self.kappa_mode is not None:
             raise ValueError(f"kappa_mode={self.kappa_mode!r} needs eta= or kappa=")
-        return None
+        # The official Psi scripts' rule (max-rescale, eta 0.05) under the paper protocol;
+        # else the sampler's own default.
+        return ("paper-max-rescale", 0.05) if paper else None
 
     def options(self, sampler: str) -> dict[str, Any]:
         """Keyword options of ``sampler``'s constructor; keys that belong to another sampler
@@ -115,4 +126,21 @@ class SamplingConfig:
             if sampler != "ar":
                 raise ValueError(f"temperature applies to sampler=ar, not {sampler!r}; drop it")
             options["temperature"] = self.temperature
+        for key in options:
+            if not _accepts(SAMPLERS[sampler].factory, key):
+                raise ValueError(f"{key} does not apply to sampler={sampler!r}; drop it or pick another sampler")
         return options
+
+
+def _accepts(factory: Any, key: str) -> bool:
+    """Whether a sampler's constructor takes ``key`` (its dataclass fields, or a function
+    forwarding ``**options`` to one)."""
+    if dataclasses.is_dataclass(factory):
+        return key in {f.name for f in dataclasses.fields(factory) if f.init}
+    params = inspect.signature(factory).parameters
+    if key in params:
+        return True
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return False
+    built = typing.get_type_hints(factory).get("return")  # e.g. greedy_tail_sampler -> AncestralSampler
+    return _accepts(built, key) if dataclasses.is_dataclass(built) else True
