@@ -340,3 +340,28 @@ def test_convert_writes_a_folder_duo_sample_loads(duo_main, ar_ckpt, hf_tokenize
     out_ar = tmp_path / "converted-ar"
     assert main(["convert", str(ar_ckpt[0]), str(out_ar), "weights=raw"]) == 0
     assert load_checkpoint(out_ar).method.masked_logit_ids == (len(hf_tokenizer) - 1,)
+
+
+def test_a_refused_pickle_cannot_set_attributes_of_shared_classes_or_functions(tmp_path):
+    """BUILD with a (state, slotstate) pair would setattr on whatever the allowlist handed
+    out (a class such as collections.Counter, a torch rebuild function): refused."""
+    import collections
+    import zipfile
+
+    from duo.interop.restricted_unpickle import load_restricted
+
+    def payload(module: str, name: str, attr: str) -> bytes:
+        key = attr.encode()
+        return (b"\x80\x02" + f"c{module}\n{name}\n".encode() + b"N}" + b"X" + len(key).to_bytes(4, "little")
+                + key + b"Ns\x86b.")
+
+    for module, name, attr, still in (("collections", "Counter", "most_common", lambda: collections.Counter.most_common),
+                                      ("torch._utils", "_rebuild_tensor_v2", "__defaults__",
+                                       lambda: torch._utils._rebuild_tensor_v2.__defaults__)):
+        before = still()
+        path = tmp_path / f"{name}.ckpt"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", payload(module, name, attr))
+        with pytest.raises(ValueError, match="refusing it"):
+            load_restricted(path)
+        assert still() is before

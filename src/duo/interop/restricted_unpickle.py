@@ -171,8 +171,30 @@ class _StorageKind:
         self.dtype = dtype
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``find_class`` per the module docstring; storages come from ``read_storage``."""
+def _may_take_state(obj: Any) -> bool:
+    """What BUILD may set state on: records, tensors and plain containers it made. Never a
+    class, function or storage the allowlist handed out (those are shared by the whole
+    process: setting their attributes would outlive a refused file)."""
+    return (isinstance(obj, (InertRecord, torch.Tensor, dict, list, set))
+            and not isinstance(obj, type))
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """``find_class`` per the module docstring; storages come from ``read_storage``; BUILD
+    only on the objects :func:`_may_take_state` accepts. The pure-Python unpickler, as
+    the C one cannot have an opcode replaced (the pickles here are small: tensor data
+    is read through ``persistent_load``)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_build(self) -> None:
+        target = self.stack[-2]
+        if not _may_take_state(target):
+            raise RefusedGlobal(getattr(target, "__module__", type(target).__module__),
+                                f"{getattr(target, '__qualname__', type(target).__qualname__)} (state)")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def __init__(self, file: io.BytesIO, read_storage: Callable[[str, torch.dtype, int], Any]):
         super().__init__(file, encoding="utf-8")
