@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -163,14 +164,18 @@ def test_kill_during_the_first_checkpoint_write(tmp_path, tiny_corpus, duo_cache
     args = _train_args(tiny_corpus, duo_cache, run, 4)
     proc = subprocess.Popen([sys.executable, "-c", script, "-q", "train", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ})
+    watchdog = threading.Timer(300, proc.kill)  # a stuck child must not hang the suite
+    watchdog.start()
     try:
         assert proc.stdout.readline().strip() == b"writing"
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait()
     assert list((run / "checkpoints").glob(".*.tmp"))  # the killed write's temp file
     assert (run / ".duo.lock").is_file()  # and its lock, now stale
-    out = subprocess.run([sys.executable, "-m", "duo.cli", "train", *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "duo.cli", "train", *args], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr
     assert "took over a stale lock" in out.stderr
     assert "resuming from" in out.stderr and "step_2.ckpt (step 2)" in out.stderr

@@ -35,13 +35,16 @@ class Server:
     """uvicorn serving ``app`` in a thread on a free loopback port."""
 
     def __init__(self, app) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        # The bound socket goes to uvicorn as it is: no window in which another process
+        # (the other xdist worker's server) could take a port found free.
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
                                                     timeout_graceful_shutdown=1))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.time() + 20
         while not self.server.started:
@@ -55,6 +58,7 @@ class Server:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()
 
     def request(self, method: str, path: str, body=None, timeout: float = 60):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -202,7 +206,13 @@ def test_identical_requests_run_as_one_batch_with_unchanged_results(server):
     other = server.post({"prompt": PROMPT, "steps": 4, "n": 2, "seed": 12})[2]["texts"]
     with ThreadPoolExecutor(4) as pool:
         busy = pool.submit(server.post, {"steps": 600, "seed": 1})  # holds the worker meanwhile
-        time.sleep(0.2)
+        deadline = time.time() + 30
+        while True:  # until it runs (admitted, nothing queued), however loaded the machine
+            health = server.request("GET", "/healthz")[2]
+            if health["active"] >= 1 and health["queued"] == 0:
+                break
+            assert time.time() < deadline, health
+            time.sleep(0.01)
         same = [pool.submit(server.post, {"prompt": PROMPT, "steps": 4, "n": 2, "seed": 11}) for _ in range(2)]
         diff = pool.submit(server.post, {"prompt": PROMPT, "steps": 4, "n": 2, "seed": 12})
         results = [f.result()[2] for f in same]
