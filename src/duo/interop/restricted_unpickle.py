@@ -306,8 +306,6 @@ def load_restricted(path: str | Path) -> Any:
 
 # --- turning records into plain data -------------------------------------------------
 
-_OMEGA_CONTAINERS = {"DictConfig", "ListConfig"}
-
 
 def _omega_content(record: InertRecord) -> Any:
     state = record.state_dict()
@@ -326,10 +324,7 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, InertRecord):
         cls = type(obj)
         if cls.module.startswith("omegaconf"):
-            content = _omega_content(obj)
-            if cls.qualname in _OMEGA_CONTAINERS and isinstance(content, (dict, list, tuple)):
-                return to_plain(content)
-            return to_plain(content)
+            return to_plain(_omega_content(obj))
         if (cls.module, cls.qualname) in _ATTRIBUTE_DICTS:
             return {to_plain(k): to_plain(v) for k, v in {**obj.items, **obj.state_dict()}.items()}
         return obj
