@@ -339,7 +339,7 @@ def test_files_get_the_users_umask(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
 
 
-def test_eval_results_are_merged_not_overwritten(run, capsys, tmp_path):
+def test_eval_results_are_merged_not_overwritten(tmp_path):
     from duo.evaluation.report import write_results
 
     write_results({"checkpoint": "c", "ppl": {"ppl": 2.0, "bound": True, "num_tokens": 1, "nelbo": 0.7}}, tmp_path)

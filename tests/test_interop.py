@@ -221,7 +221,7 @@ def test_ar_masks_the_extra_id(ar_ckpt, hf_tokenizer):
     assert torch.all(got[..., K - 1] == -1e6)
     torch.testing.assert_close(got[..., : K - 1], want[..., : K - 1], rtol=0, atol=0)
     loss = loaded.method.training_loss({"input_ids": z})
-    assert torch.isfinite(loss.loss if hasattr(loss, "loss") else torch.as_tensor(0.0))
+    assert torch.isfinite(loss.loss)
 
 
 def _hf_folder(folder, model, *, prefix: bool, with_tokenizer=None):
