@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from .utils.typed_config import ConfigError
+from .utils.typed_config import ConfigError, parse_overrides
 
 __all__ = ["RECIPES", "Recipe", "expand_args", "format_value", "get_recipe", "recipe_update", "check_recipe_algo"]
 
@@ -219,23 +219,7 @@ def recipe_update(name: str) -> dict[str, Any]:
     recipe = get_recipe(name)
     if recipe.command == "eval":
         raise ConfigError(f"recipe {name!r} is an evaluation protocol: run {recipe.command_line()}")
-    out: dict[str, Any] = {}
-    for key, value in recipe.overrides.items():
-        if key.startswith("distill."):
-            key = "algo." + key[len("distill."):]
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):  # "algo=duo" then "algo.tau=...": the selection is "_name"
-                child = {} if child is None else {"_name": child}
-                node[part] = child
-            node = child
-        if isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]]["_name"] = value
-        else:
-            node[parts[-1]] = value
-    return out
+    return parse_overrides([("algo." + a[8:]) if a.startswith("distill.") else a for a in recipe.args()])
 
 
 def check_recipe_algo(name: str, algo: str, base_algo: str | None = None) -> None:
