@@ -415,3 +415,22 @@ def test_official_sedd_checkpoint_loads_into_algo_sedd(tmp_path):
         torch.testing.assert_close(loaded.method.score(z, alpha), want, rtol=1e-5, atol=1e-5)
     tokens, nfe, _ = generate_tokens(loaded.method, num_samples=2, seq_len=12, steps=4)
     assert nfe == 4 and (tokens != Kv - 1).all()
+
+
+def test_sedd_step_total_matches_float64_reference():
+    # The sampler passes sum_{y != mask} s_y from one float32 logsumexp; the weights match
+    # the float64 sum over the non-mask ids.
+    g = torch.Generator().manual_seed(3)
+    log_score = torch.randn(2, 5, 50, generator=g) * 3
+    z = torch.tensor([[49, 1, 49, 49, 2], [49, 49, 3, 49, 49]])
+    want = log_score[..., :49].double().logsumexp(-1).exp()
+    lp = log_score.clone()
+    lp[..., 49] = float("-inf")
+    total = lp.logsumexp(-1).double().exp()
+    for mix in (sedd_mixture(log_score, z, 0.6, 0.4, 49, "euler"),
+                sedd_mixture(None, z, 0.6, 0.4, 49, "euler", total=total)):
+        m = (z == 49).double()
+        dsigma = math.log(0.6) - math.log(0.4)
+        torch.testing.assert_close(mix.x, m * (dsigma * want).clamp(max=1.0), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(normalised_scores(log_score, 49)[..., :49].double(),
+                               log_score[..., :49].double().log_softmax(-1), rtol=1e-5, atol=1e-5)

@@ -37,23 +37,32 @@ def _rate(kind: str, alpha_s: float, alpha_t: float) -> float:
     return math.expm1(dsigma) if kind == "analytic" else dsigma
 
 
-def normalised_scores(log_score: Tensor, mask_id: int) -> Tensor:
-    """``log_score`` with the mask column at -inf, normalised over the other ids (B, L, K)."""
+def _masked_scores(log_score: Tensor, mask_id: int) -> tuple[Tensor, Tensor]:
+    """``log_score`` float32 with the mask column at -inf (B, L, K), and its logsumexp (B, L)."""
     lp = log_score.float().clone()
     lp[..., mask_id] = float("-inf")
-    return lp.log_softmax(-1)
+    return lp, lp.logsumexp(-1)
 
 
-def sedd_mixture(log_score: Tensor, z: Tensor, alpha_s: float, alpha_t: float, mask_id: int,
-                 kind: str = "analytic", last: bool = False) -> Mixture:
-    """One step's weights (B, L) float64 over keep / mask / ``normalised_scores``."""
+def normalised_scores(log_score: Tensor, mask_id: int) -> Tensor:
+    """``log_score`` with the mask column at -inf, normalised over the other ids (B, L, K)."""
+    lp, lse = _masked_scores(log_score, mask_id)
+    return lp - lse[..., None]
+
+
+def sedd_mixture(log_score: Tensor | None, z: Tensor, alpha_s: float, alpha_t: float, mask_id: int,
+                 kind: str = "analytic", last: bool = False, *, total: Tensor | None = None) -> Mixture:
+    """One step's weights (B, L) float64 over keep / mask / ``normalised_scores``.
+
+    ``total`` (B, L): ``sum_{y != mask} s_y`` per position, when the caller has it (the
+    sampler computes it once with the normalised scores); else from ``log_score``.
+    """
     masked = (z == mask_id).double()
     if last:
         return Mixture(keep=1.0 - masked, mask=0.0, uniform=0.0, x=masked)
-    keep_ids = torch.ones(log_score.shape[-1], dtype=torch.bool, device=z.device)
-    keep_ids[mask_id] = False
-    total = torch.logsumexp(log_score[..., keep_ids].double(), -1).exp()  # sum_{y != mask} s_y
-    move = (_rate(kind, alpha_s, alpha_t) * total).clamp(max=1.0)
+    if total is None:
+        total = _masked_scores(log_score, mask_id)[1].double().exp()
+    move = (_rate(kind, alpha_s, alpha_t) * total.double()).clamp(max=1.0)
     return Mixture(keep=1.0 - masked, mask=masked * (1.0 - move), uniform=0.0, x=masked * move)
 
 
@@ -116,9 +125,13 @@ class SeddSampler:
     def step(self, score, z: Tensor, time: StepTime, *, generator: torch.Generator | None = None,
              prediction: Tensor | None = None, workspace: Workspace | None = None) -> StepOutput:
         log_score, nfe = predict(score, z, time.alpha_t, prediction)
-        mix = sedd_mixture(log_score, z, 1.0 if time.last else time.alpha_s, time.alpha_t,
-                           self.mask_id, self.kind, time.last)
-        z_new = draw(mix, normalised_scores(log_score, self.mask_id), z, mask_id=self.mask_id,
+        # One float32 pass over (B, L, K): the normalised scores and, per position, their
+        # total sum_{y != mask} s_y (float64 only at (B, L)).
+        lp, lse = _masked_scores(log_score, self.mask_id)
+        mix = sedd_mixture(None, z, 1.0 if time.last else time.alpha_s, time.alpha_t,
+                           self.mask_id, self.kind, time.last, total=lse.double().exp())
+        lp -= lse[..., None]
+        z_new = draw(mix, lp, z, mask_id=self.mask_id,
                      uses_noise=False, thresholds=None, top_p=1.0, top_k=0, generator=generator,
                      workspace=workspace)
         return StepOutput(z_new, log_score, nfe)
