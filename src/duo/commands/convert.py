@@ -8,9 +8,9 @@ Reads a published artifact (an official Lightning ``.ckpt``, a Hugging Face fold
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from ..utils.io import atomic_dir
 
 KEYS = ("src", "out", "weights", "algo", "tokenizer", "device")
 
@@ -40,25 +40,16 @@ def main(args: list[str]) -> int:
 
     a = _parse(args)
     out = Path(a["out"]).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output {str(out)!r} already exists and is not empty; pass a new folder")
-    tokenizer = None
-    if a.get("tokenizer"):
-        from ..data import get_tokenizer
-
-        tokenizer = get_tokenizer(a["tokenizer"])
-    loaded = load_checkpoint(a["src"], use_ema=a.get("weights", "ema") == "ema", tokenizer=tokenizer,
-                             algo=a.get("algo"), device=a.get("device", "cpu"))
     # Written beside OUT and renamed into place: a failed export leaves no half-written model.
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
+        tokenizer = None
+        if a.get("tokenizer"):
+            from ..data import get_tokenizer
+
+            tokenizer = get_tokenizer(a["tokenizer"])
+        loaded = load_checkpoint(a["src"], use_ema=a.get("weights", "ema") == "ema", tokenizer=tokenizer,
+                                 algo=a.get("algo"), device=a.get("device", "cpu"))
         export_pretrained(loaded, tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     meta = loaded.metadata
     print(f"converted {a['src']} ({loaded.algo}, {meta.get('layout', 'duo')} layout, "
           f"{meta.get('weights', 'ema' if a.get('weights', 'ema') == 'ema' else 'raw')} weights, "

@@ -10,13 +10,13 @@ checkpoint=OUT`` and ``transformers.AutoModel.from_pretrained(OUT)`` read it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..utils.io import atomic_dir
 
 TAGS = {"duo": ["uniform-state-diffusion", "duo"], "mdlm": ["masked-diffusion", "mdlm"], "ar": ["autoregressive"]}
 CARD_FILE, SAMPLING_FILE = "README.md", "sampling_config.json"
@@ -188,22 +188,13 @@ def export_run(src: str, out: str | Path, a: ExportArgs | None = None, *, name: 
 
     a = a or ExportArgs()
     out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output {str(out)!r} already exists and is not empty; pass a new folder")
-    loaded = load_checkpoint(src, use_ema=a.weights == "ema", device=a.device)
-    sampling = _sampling_config(loaded, a)
-    run_dir = run_dir_of(loaded.path) if Path(src).expanduser().exists() else None
-    card = model_card(loaded, sampling, _results(run_dir), str(src), name or out.name,
-                      _training_steps(src), a.license)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
+        loaded = load_checkpoint(src, use_ema=a.weights == "ema", device=a.device)
+        sampling = _sampling_config(loaded, a)
+        run_dir = run_dir_of(loaded.path) if Path(src).expanduser().exists() else None
+        card = model_card(loaded, sampling, _results(run_dir), str(src), name or out.name,
+                          _training_steps(src), a.license)
         write_export(loaded, tmp, sampling=sampling, card=card)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

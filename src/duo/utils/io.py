@@ -56,6 +56,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """For writing a whole folder at ``path``: refuse one that exists and is not an empty
+    folder (a one-line ValueError, before any work), then yield a temporary path beside it
+    (not created yet) for the caller to fill. On success it is renamed to ``path``; on any
+    exception it is removed, so a failed write never leaves a half-written folder."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"output {str(path)!r} already exists and is not empty; pass a new folder")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
