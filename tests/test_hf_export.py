@@ -166,3 +166,23 @@ def test_bad_input_one_line_errors(runs, tmp_path, capsys):
     (out / "x").write_text("x")
     code, _, err = run(capsys, "export", str(runs["duo"]), str(out))
     assert code == 2 and "not empty" in err and (out / "x").is_file()
+
+
+@pytest.mark.parametrize("algo,extra,sampler,steps", [("sedd", [], "sedd_analytic", 1024),
+                                                      ("d3pm", ["algo.T=50"], "d3pm", 50),
+                                                      ("mdlm", [], "mdlm", 1024)])
+def test_sampling_config_default_steps_are_the_samplers_built_for_the_method(tiny_corpus, duo_cache, tmp_path,
+                                                                             algo, extra, sampler, steps):
+    """The exported default step count is the one the sampler runs for this method: D3PM's
+    T comes with it, and a score sampler (SEDD) is not handed a denoiser's ``process``."""
+    from duo.commands.export import ExportArgs, _sampling_config
+    from duo.config import build_config
+    from duo.loading import LoadedModel
+    from duo.methods.build import build_method
+
+    cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / algo, f"algo={algo}", *extra))
+    backbone, method = build_method(cfg, 300)
+    loaded = LoadedModel(cfg, method, backbone, None, tmp_path)
+    out = _sampling_config(loaded, ExportArgs())
+    assert out == {"sampler": sampler, "steps": steps, "nfe": steps, "protocol": "ours", "seq_len": 32}
+    assert _sampling_config(loaded, ExportArgs(steps=8, protocol="paper"))["nfe"] == 9

@@ -242,6 +242,43 @@ def test_an_autoregressive_checkpoint_is_served_too(loaded_runs, tiny_runs, tmp_
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def built(loaded, tiny_corpus, duo_cache, tmp_path_factory):
+    """Untrained tiny models of other processes (mdlm, sedd, d3pm), with the duo run's tokenizer."""
+    from duo.config import build_config
+    from duo.loading import LoadedModel
+    from duo.methods.build import build_method
+
+    from conftest import tiny_overrides
+
+    def build(algo: str, *extra: str):
+        root = tmp_path_factory.mktemp(f"serve-{algo}")
+        cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, root, f"algo={algo}", *extra))
+        backbone, method = build_method(cfg, loaded.tokenizer.vocab_size)
+        return LoadedModel(cfg, method, backbone.eval(), loaded.tokenizer, root)
+
+    return build
+
+
+@pytest.mark.parametrize("algo,extra,sampler,default", [("mdlm", [], "mdlm", 1024), ("sedd", [], "sedd_analytic", 1024),
+                                                        ("d3pm", ["algo.T=50"], "d3pm", 50)])
+def test_a_masked_model_reports_and_limits_its_default_steps(built, algo, extra, sampler, default):
+    """The sampler's default step count is the one it runs for the model (mask id, D3PM's
+    T): /v1/model reports it and a request without steps above max_steps is refused."""
+    s = Server(create_app(ServeConfig(max_steps=default - 1), loaded=built(algo, *extra)))
+    try:
+        info = s.request("GET", "/v1/model")[2]
+        assert info["default_sampler"] == sampler and info["samplers"][sampler]["default_steps"] == default
+        assert all(spec["default_steps"] is not None for spec in info["samplers"].values()), info["samplers"]
+        status, _, err = s.post({"seed": 1})
+        assert status == 400 and err["field"] == "steps" and "max_steps" in err["error"], err
+        assert f"default of {default} steps" in err["error"]
+        status, _, out = s.post({"steps": 3, "seed": 1})
+        assert status == 200 and out["sampler"] == sampler and out["nfe"] == 3, out
+    finally:
+        s.stop()
+
+
 # ------------------------------------------------------------------ bad input
 BAD = [
     ({"sampler": "nope"}, "sampler", "unknown sampler"),

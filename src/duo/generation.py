@@ -39,6 +39,29 @@ def resolve_sampler(method, name: str | None) -> str:
     return name
 
 
+def sampler_options(method, name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options sampler ``name`` is built with for ``method``: ``options`` over the
+    method's own (``sampler_options``, e.g. D3PM's ``T``), with a masked process's
+    ``mask_id`` and, for a sampler of denoisers, its ``process``."""
+    options = dict(options or {})
+    if name == "ar":
+        return options
+    options = {**getattr(method, "sampler_options", lambda _: {})(name), **options}
+    if method.process.masked:
+        options.setdefault("mask_id", method.mask_id)
+        if not SAMPLERS[name].score:
+            options.setdefault("process", method.process.kind)
+    return options
+
+
+def build_sampler(method, name: str | None, options: dict[str, Any] | None = None):
+    """Sampler ``name`` (the method's default for None or "auto") as :func:`generate_tokens`
+    runs it for ``method``; its ``default_steps`` is the step count a run without ``steps``
+    takes. Raises ValueError for a sampler that does not fit or bad options."""
+    name = resolve_sampler(method, name)
+    return get_sampler(name, **sampler_options(method, name, options))
+
+
 def _denoiser(method):
     def denoise(z: Tensor, alpha_t: Tensor) -> Tensor:
         return method.denoiser(z, alpha_t)
@@ -97,19 +120,14 @@ def generate_tokens(
         was_training = method.backbone.training
         method.backbone.eval()
         try:
-            out = get_sampler(name, **options).generate(
+            out = build_sampler(method, name, options).generate(
                 method.next_token_logits, batch_size=num_samples, seq_len=seq_len, prefix=prefix,
                 seed=seed, device=device, progress=progress, bos_id=bos_id,
                 decoder=method if hasattr(method, "decode") else None)
         finally:
             method.backbone.train(was_training)
         return out.tokens, out.nfe, None
-    options = {**getattr(method, "sampler_options", lambda _: {})(name), **options}
     takes_score = SAMPLERS[name].score
-    if method.process.masked:
-        options.setdefault("mask_id", method.mask_id)
-        if not takes_score:
-            options.setdefault("process", method.process.kind)
     conds = [c for c in (clamp,
                          Conditioning.prefix(prefix, seq_len) if prefix is not None else None,
                          Conditioning.suffix(suffix, seq_len) if suffix is not None else None) if c is not None]
@@ -123,7 +141,7 @@ def generate_tokens(
     method.backbone.eval()
     try:
         out = generate(
-            get_sampler(name, **options), _score(method) if takes_score else _denoiser(method),
+            build_sampler(method, name, options), _score(method) if takes_score else _denoiser(method),
             schedule or method.schedule,
             batch_size=num_samples, seq_len=seq_len, vocab_size=method.vocab_size, steps=steps,
             seed=seed, device=device, clamp=cond, return_intermediates=return_intermediates,

@@ -50,7 +50,8 @@ def parse(args: list[str], command: str, n_positional: int, usage: str) -> tuple
 
 def _sampling_config(loaded, a: ExportArgs) -> dict[str, Any]:
     from ..evaluation import pick_sampler
-    from ..samplers import SamplingConfig, get_sampler
+    from ..generation import build_sampler
+    from ..samplers import SamplingConfig
 
     SamplingConfig(sampler=a.sampler, steps=a.steps, protocol=a.protocol).validate()
     name, steps = pick_sampler(loaded, a.sampler, a.steps)
@@ -58,9 +59,7 @@ def _sampling_config(loaded, a: ExportArgs) -> dict[str, Any]:
     if name == "ar":
         steps, nfe = None, seq_len - 1  # one call per generated token after BOS
     else:
-        method = loaded.method
-        masked = {"mask_id": method.mask_id, "process": method.process.kind} if method.process.masked else {}
-        steps = steps or get_sampler(name, **masked).default_steps
+        steps = steps or build_sampler(loaded.method, name).default_steps
         nfe = steps + (1 if a.protocol == "paper" else 0)
     return {"sampler": name, "steps": steps, "nfe": nfe, "protocol": a.protocol, "seq_len": seq_len}
 

@@ -24,8 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..generation import resolve_sampler
-from ..samplers import get_sampler
+from ..generation import build_sampler, resolve_sampler
 from ..samplers.registry import samplers_for
 from .config import ServeConfig
 from .engine import Engine, Job, QueueFull
@@ -41,13 +40,8 @@ def model_info(loaded, limits: ServeConfig) -> dict[str, Any]:
     method = loaded.method
     names = samplers_for(method.process.kind)
     default, default_steps = pick_sampler(loaded, None, None)
-    samplers = {}
-    for name in names:
-        try:
-            steps = getattr(get_sampler(name), "default_steps", None)
-        except (TypeError, ValueError):  # a sampler that needs the model's options to build
-            steps = None
-        samplers[name] = {"default_steps": steps}
+    samplers = {name: {"default_steps": getattr(build_sampler(method, name), "default_steps", None)}
+                for name in names}
     return {
         "checkpoint": str(loaded.path), "algo": loaded.algo, "process": method.process.kind,
         "vocab_size": loaded.tokenizer.vocab_size, "model_vocab_size": method.vocab_size,

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..evaluation import SamplingPlan, plan_sampling
-from ..samplers import Conditioning, SamplingConfig, get_sampler
+from ..generation import build_sampler
+from ..samplers import Conditioning, SamplingConfig
 from .config import ServeConfig
 
 BLANK = "____"  # in a prompt: `fill` positions for the model to fill (an infill template)
@@ -150,11 +151,11 @@ def prepare(loaded, body: dict[str, Any], limits: ServeConfig) -> Prepared:
     except ValueError as err:
         raise _config_error(err) from None
     steps = plan.steps
-    if steps is None:
+    if steps is None:  # the step count the run takes: the sampler's default, built as it runs
         try:
-            steps = getattr(get_sampler(plan.sampler, **plan.options), "default_steps", None)
-        except (TypeError, ValueError):  # a sampler that needs the model's options to build
-            steps = None
+            steps = getattr(build_sampler(loaded.method, plan.sampler, plan.options), "default_steps", None)
+        except ValueError as err:
+            raise _config_error(err) from None
     if steps is not None and steps > limits.max_steps:
         raise RequestError(f"steps: the {plan.sampler} sampler's default of {steps} steps is above this "
                            f"server's limit max_steps={limits.max_steps}; pass steps", "steps")
