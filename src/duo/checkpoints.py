@@ -62,6 +62,10 @@ def tensor_checksum(checkpoint: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+class ChecksumError(ValueError):
+    """A checkpoint's tensors differ from the checksum stored when it was written."""
+
+
 def verify_checksum(checkpoint: dict[str, Any], path: str | Path) -> None:
     """Raise a one-line ValueError when the tensors do not match the checksum stored at
     save time. Checkpoints written before checksums existed pass unchecked."""
@@ -70,7 +74,7 @@ def verify_checksum(checkpoint: dict[str, Any], path: str | Path) -> None:
     if not stored:
         return
     if tensor_checksum(checkpoint) != stored.get("digest"):
-        raise ValueError(
+        raise ChecksumError(
             f"checkpoint {str(path)!r} fails its checksum: its weights were damaged after it was written "
             "(disk or copy error); use another checkpoint of the run (checkpoints/step_*.ckpt) or copy it again"
         )
@@ -92,13 +96,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` and a clear error for corrupt files."""
+def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``, a clear error for corrupt files, and the
+    stored checksum verified (``verify``), so every reader checks it."""
     p = resolve_checkpoint(path)
     if p.stat().st_size == 0:
         raise ValueError(f"checkpoint {str(p)!r} is empty (a write was interrupted); use another checkpoint of the run")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR):
             raise OSError(err.errno, err.strerror, str(p)) from None  # the CLI names path and cause
@@ -106,6 +111,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                          "file)") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a torch checkpoint ({_reason(err)})") from None
+    if verify:
+        verify_checksum(ckpt, p)
+    return ckpt
 
 
 def _reason(err: Exception) -> str:
@@ -144,14 +152,15 @@ def find_resumable(directory: str | Path) -> tuple[Path | None, dict[str, Any] |
     # Furthest first: by the training step (the name's, else the file's own global_step),
     # then modification time. Times alone mislead after a copy, a touch or a restore
     # from backup, and resuming from an older file would silently go back in training.
+    steps = {p: _step_of(p) for p in files}
+
     def order(p: Path):
-        return (_step_of(p), p.stat().st_mtime_ns, p.name == "last.ckpt")
+        return (steps[p], p.stat().st_mtime_ns, p.name == "last.ckpt")
 
     def check(p: Path) -> dict[str, Any]:
         ckpt = read_checkpoint(p)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ValueError(f"checkpoint {str(p)!r} is not a training checkpoint (no state_dict)")
-        verify_checksum(ckpt, p)
         return ckpt
 
     skipped: list[str] = []
@@ -164,7 +173,7 @@ def find_resumable(directory: str | Path) -> tuple[Path | None, dict[str, Any] |
             continue
         # Files whose step could not be read sort last: say why they were passed over.
         for q in ranked[i + 1:]:
-            if _step_of(q) < 0:
+            if steps[q] < 0:
                 try:
                     check(q)
                 except ValueError as err:
@@ -206,12 +215,12 @@ def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,
         return load_pretrained(p.parent, device=device)
     try:
         ckpt = read_checkpoint(p)
+    except ChecksumError:
+        raise  # a duo checkpoint, damaged: never retried as an official one
     except ValueError:
         if not interop.is_torch_zip(p):
             raise
         ckpt = None  # pickled objects beyond tensors: an official checkpoint, read restrictedly
-    if ckpt is not None:
-        verify_checksum(ckpt, p)
     if ckpt is None or (ckpt.get("duo") is None and interop.looks_official(ckpt)):
         return interop.load_official(p, algo=algo, weights="ema" if use_ema else "raw",
                                      tokenizer=tokenizer, device=device)
@@ -251,8 +260,6 @@ def export_pretrained(loaded: LoadedModel, out_dir: str | Path) -> Path:
 
 def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
     """Inverse of :func:`export_pretrained`."""
-    from safetensors.torch import load_file
-
     d = Path(directory)
     if not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{str(d)!r} has no model.safetensors; pass a folder written by export")

@@ -33,6 +33,15 @@ class LoadedModel:
         return self.cfg.algo
 
 
+def ema_counters(ema: Any) -> dict[str, Any] | None:
+    """``{"decay", "num_updates"}`` of a checkpoint's EMA entry (duo's and the official
+    layout share these names), or None without one: what carrying an EMA on needs besides
+    the shadow weights, which the loaded backbone holds."""
+    if not isinstance(ema, dict):
+        return None
+    return {"decay": ema.get("decay"), "num_updates": int(ema.get("num_updates", 0) or 0)}
+
+
 def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None, path: Path,
                  metadata: dict | None = None, use_ema: bool = True,
                  model_vocab_size: int | None = None) -> LoadedModel:
@@ -52,7 +61,10 @@ def build_loaded(cfg: TrainConfig, tokenizer, state_dict: dict, ema: dict | None
         with torch.no_grad():
             for p, s in zip(params, shadow):
                 p.copy_(s.to(p.dtype))
-    if (metadata or {}).get("masked_logit_ids") and hasattr(method, "masked_logit_ids"):
+    metadata = dict(metadata or {})
+    if metadata.get("masked_logit_ids") and hasattr(method, "masked_logit_ids"):
         method.masked_logit_ids = tuple(int(i) for i in metadata["masked_logit_ids"])  # published AR
+    if ema_counters(ema) is not None:
+        metadata.setdefault("ema", ema_counters(ema))
     backbone.eval()
-    return LoadedModel(cfg, method, backbone, tokenizer, path, dict(metadata or {}))
+    return LoadedModel(cfg, method, backbone, tokenizer, path, metadata)

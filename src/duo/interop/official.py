@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..loading import ema_counters
+from ..models import strip_prefix
 from .restricted_unpickle import load_restricted, to_plain
 from .tokenizer_state import tokenizer_from_record
 
@@ -73,13 +75,6 @@ def _require(mapping: dict, key: str, where: str) -> Any:
 
 
 # --- weights -------------------------------------------------------------------------
-
-def _backbone_state(state: dict) -> dict[str, torch.Tensor]:
-    """The DiT's weights, ``backbone.`` prefix removed, in the file's order."""
-    if any(k.startswith("backbone.") for k in state):
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return dict(state)
-
 
 @dataclass
 class _Shapes:
@@ -220,7 +215,7 @@ def _read_ckpt(p: Path) -> _Read:
     if not looks_official(ckpt):
         raise ValueError(f"{where} has neither duo metadata nor official backbone.* weights; "
                          "pass a duo run, an official .ckpt or a Hugging Face folder")
-    weights = _backbone_state(ckpt["state_dict"])
+    weights = strip_prefix(ckpt["state_dict"])
     shapes = _shapes(weights, where)
     hp = ckpt.get("hyper_parameters")
     hp_plain = to_plain(hp) if hp is not None else {}
@@ -233,6 +228,8 @@ def _read_ckpt(p: Path) -> _Read:
     shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
     tok_record = hp_plain.get("tokenizer") if isinstance(hp_plain, dict) else None
     extra = {k: ckpt[k] for k in ("epoch", "global_step") if isinstance(ckpt.get(k), int)}
+    if ema_counters(ema) is not None:
+        extra["ema"] = ema_counters(ema)
     return _Read(spec, weights, list(shadow) if shadow is not None else None, tok_record, extra)
 
 
@@ -251,7 +248,7 @@ def _read_hf(d: Path) -> _Read:
             state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"{where}: pytorch_model.bin is corrupt ({type(err).__name__})") from None
-    weights = _backbone_state(state)
+    weights = strip_prefix(state)
     spec = _spec_from_hf(conf, _shapes(weights, where), where)
     has_tok = any((d / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
     return _Read(spec, weights, None, None, {}, d if has_tok else None)
@@ -377,7 +374,5 @@ def load_official(path: str | Path, algo: str | None = None, weights: str = "ema
         param_names = set(dict(loaded.backbone.named_parameters()))
         order = [k for k in read.weights if k in param_names]  # the file keeps registration order
         _apply_ema(loaded.backbone, order, read.shadow, where)
-    if spec.algo == "ar" and hasattr(loaded.method, "masked_logit_ids"):
-        loaded.method.masked_logit_ids = tuple(metadata["masked_logit_ids"])
     loaded.backbone.to(device)
     return loaded

@@ -12,7 +12,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from ..checkpoints import load_checkpoint, read_checkpoint, resolve_checkpoint
+from ..checkpoints import load_checkpoint
+from ..evaluation.report import run_dir_of
 from ..utils.typed_config import ConfigError
 from ..config import build_config, replace_section
 from ..methods import round_and_delta
@@ -91,8 +92,7 @@ def distill_config(checkpoint: str | Path, overrides: list[str]):
     base["algo"] = {"_name": "distill", "schedule": base["algo"].get("schedule", "loglinear"),
                     "eps": base["algo"].get("eps", 1e-3)}
     # Next to the run given (not the run_dir recorded inside it): <run>-distilled, unless run_dir=.
-    src = Path(loaded.path)
-    run = src.parent.parent if src.parent.name == "checkpoints" else src if src.is_dir() else src.parent
+    run = run_dir_of(loaded.path)
     base["run_dir"] = str(run.with_name(run.name + "-distilled"))
     cfg = build_config(rewritten, base=base)
     if not any(o.startswith("trainer.max_steps=") for o in rewritten):
@@ -112,26 +112,14 @@ class RestoreEMA(pl.Callback):
             pl_module.ema.load_state_dict(self.state)
 
 
-def checkpoint_ema_state(checkpoint: str | Path, ema_backbone: torch.nn.Module, decay: float) -> dict:
-    """The EMA state of ``checkpoint`` in duo's layout: the shadows are the parameters of
-    its EMA-loaded backbone (any published layout), ``decay`` / ``num_updates`` those the
-    file records (``decay`` and 0 when it records none, e.g. a Hugging Face folder)."""
-    saved: dict = {}
-    try:
-        p = resolve_checkpoint(checkpoint)
-        if p.suffix == ".safetensors":
-            raise FileNotFoundError(p)  # an exported model: weights only
-        try:
-            ckpt = read_checkpoint(p)
-        except ValueError:  # an official .ckpt: pickled objects beyond tensors
-            from ..interop import load_restricted
-
-            ckpt = load_restricted(p)
-        saved = ckpt.get("ema") if isinstance(ckpt, dict) and isinstance(ckpt.get("ema"), dict) else {}
-    except (FileNotFoundError, ValueError):
-        pass  # a Hugging Face folder or hub id: weights only
-    return {"decay": float(saved.get("decay", decay)), "num_updates": int(saved.get("num_updates", 0)),
-            "shadow_params": [p.detach().float().cpu().clone() for p in ema_backbone.parameters()]}
+def checkpoint_ema_state(loaded, decay: float) -> dict:
+    """The EMA state of a loaded checkpoint in duo's layout: the shadows are the parameters
+    of its EMA-loaded backbone (any published layout), ``decay`` / ``num_updates`` those
+    the file recorded (``loaded.metadata["ema"]``; ``decay`` and 0 when it records none,
+    e.g. a Hugging Face folder)."""
+    saved = loaded.metadata.get("ema") or {}
+    return {"decay": float(saved.get("decay") or decay), "num_updates": int(saved.get("num_updates") or 0),
+            "shadow_params": [p.detach().float().cpu().clone() for p in loaded.backbone.parameters()]}
 
 
 def distill(checkpoint: str | Path, overrides: list[str] | tuple = (), callbacks: list | None = None) -> TrainResult:
@@ -142,7 +130,7 @@ def distill(checkpoint: str | Path, overrides: list[str] | tuple = (), callbacks
         # The official start: the trained weights, the EMA carried on from the checkpoint.
         raw = load_checkpoint(checkpoint, use_ema=False)
         init = {k: v.detach().clone() for k, v in raw.backbone.state_dict().items()}
-        extra.append(RestoreEMA(checkpoint_ema_state(checkpoint, loaded.backbone, cfg.trainer.ema)))
+        extra.append(RestoreEMA(checkpoint_ema_state(loaded, cfg.trainer.ema)))
     else:
         # The student starts from the weights the teacher run samples with (its EMA).
         init = {k: v.detach().clone() for k, v in loaded.backbone.state_dict().items()}
