@@ -64,3 +64,26 @@ def test_a_cache_needs_a_causal_model_and_room():
     cache = model.new_cache(1, 4)
     with pytest.raises(ValueError, match="exceed the cache's 4"):
         model.decode(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+def test_the_ar_method_decodes_with_its_cache_and_its_logit_mask():
+    from duo.config import build_config
+    from duo.methods import build_method
+
+    cfg = build_config(["algo=ar", "model.hidden_size=32", "model.cond_dim=16", "model.n_heads=4",
+                        "model.n_blocks=2", "model.max_seq_len=24"])
+    torch.manual_seed(0)
+    backbone, method = build_method(cfg, K)
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, 0.3)
+    backbone.eval()
+    method.masked_logit_ids = (K - 1,)  # a published AR's extra id: never drawn
+    common = dict(batch_size=3, seq_len=24, bos_id=1, seed=5)
+    plain = generate_ar(method.next_token_logits, **common)
+    cached = generate_ar(method.next_token_logits, decoder=method, **common)
+    assert torch.equal(plain.tokens, cached.tokens)
+    assert not (cached.tokens == K - 1).any()
+    cache = method.new_cache(3, 24)
+    torch.testing.assert_close(method.decode(plain.tokens, cache), method.next_token_logits(plain.tokens))

@@ -51,8 +51,10 @@ class ArMethod:
     def _mask(self, logits: Tensor) -> Tensor:
         if not self.masked_logit_ids:
             return logits
-        ids = torch.tensor(self.masked_logit_ids, device=logits.device)
-        return logits.index_fill(-1, ids, -1e6)
+        key = (self.masked_logit_ids, logits.device)
+        if getattr(self, "_mask_key", None) != key:  # made once, not per decoded token
+            self._mask_key, self._mask_ids = key, torch.tensor(self.masked_logit_ids, device=logits.device)
+        return logits.index_fill(-1, self._mask_ids, -1e6)
 
     def _nll(self, logits: Tensor, targets: Tensor) -> Tensor:
         return ar_nll(self._mask(logits.float()), targets)
@@ -62,8 +64,7 @@ class ArMethod:
     ) -> LossOutput:
         x = batch["input_ids"]
         mask = batch.get("attention_mask")
-        nll = self._nll if self.masked_logit_ids else ar_nll
-        per_token = token_loss(nll, self.backbone, x[:, :-1], None, x[:, 1:],
+        per_token = token_loss(self._nll, self.backbone, x[:, :-1], None, x[:, 1:],
                                max_elements=self.loss_chunk_elements)
         return reduce_tokens(per_token, None if mask is None else mask[:, 1:])
 

@@ -219,10 +219,10 @@ class DiT(nn.Module):
         if start + n > cache.keys[0].shape[1]:
             raise ValueError(f"DiT.decode: {start + n} positions exceed the cache's "
                              f"{cache.keys[0].shape[1]}; make a longer cache")
-        self._check_range(ids)
+        if start == 0:  # the prompt; later ids are the sampler's own draws (no sync per token)
+            self._check_range(ids)
         h = self.vocab_embed.from_ids(ids).to(self.vocab_embed.embedding.dtype)
-        cos, sin = self.rotary_emb.cos_sin(start + n, h.device)
-        cos, sin = cos[start:], sin[start:]
+        cos, sin = self.rotary_emb.cos_sin(n, h.device, offset=start)
         for block, keys, values in zip(self.blocks, cache.keys, cache.values):
             h = block.decode(h, cos, sin, keys, values, start)
         cache.length = start + n

@@ -136,10 +136,11 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=True)
 
-    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Each (L, head_dim), float32, with the frequencies repeated over both halves."""
+    def cos_sin(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """Each (L, head_dim), float32, with the frequencies repeated over both halves, for
+        positions ``offset .. offset + L - 1``."""
         inv_freq = self.inv_freq.to(device=device, dtype=torch.float32)
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        t = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()
