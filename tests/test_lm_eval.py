@@ -153,3 +153,40 @@ def test_bad_input_one_line_errors(tiny_runs, loaded_runs, task_dir, capsys, mon
     code = main(["eval", f"checkpoint={tiny_runs['ar']}", "metrics=lm-eval", "tasks=duo_tiny_mcq"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "duo-lm[eval]" in err
+
+
+@pytest.mark.parametrize("algo", ["mdlm", "sedd", "d3pm"])
+def test_masked_methods_score_through_their_own_per_token_nelbo(loaded_runs, algo):  # noqa: F811
+    """MDLM and SEDD score with ``MaskedMethod.nelbo_per_token`` (the training integrand);
+    D3PM (discrete time) is refused with a one-line error."""
+    from types import SimpleNamespace
+
+    from duo.config import build_config
+    from duo.methods import build_method
+
+    tok = loaded_runs["duo"].tokenizer
+    extra = ["algo.T=50"] if algo == "d3pm" else []
+    cfg = build_config([f"algo={algo}", "model.hidden_size=32", "model.cond_dim=16", "model.n_heads=2",
+                        "model.n_blocks=1", "model.max_seq_len=32", "data.seq_len=32", *extra])
+    torch.manual_seed(0)
+    backbone, method = build_method(cfg, tok.vocab_size)
+    loaded = SimpleNamespace(cfg=cfg, method=method, backbone=backbone.eval(), tokenizer=tok)
+    if algo == "d3pm":
+        with pytest.raises(ValueError, match="discrete time") as err:
+            DuoLM(loaded=loaded)
+        assert "\n" not in str(err.value)
+        return
+    lm = DuoLM(loaded=loaded, nelbo_samples=4, seed=3)
+    pair = (tok.encode("The model learns to"), tok.encode(" denoise tokens."))
+    (score, greedy), = lm.score_tokens([pair])
+    assert score < 0 and isinstance(greedy, bool)
+    assert lm.score_tokens([pair])[0][0] == score  # seeded per request
+    # The same integrand training uses: continuous_loss's per-token values at one z_t.
+    x = torch.tensor([[tok.bos_id, *pair[0], *pair[1]]])
+    t = torch.tensor([0.5])
+    alpha, dalpha = method.schedule.alpha(t)[:, None], method.schedule.dalpha(t)[:, None]
+    z = method.process.noise(x, alpha, method.vocab_size, method.mask_id, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = method.nelbo_per_token(x, z, alpha, dalpha)
+        want = method.nelbo_per_token(x, z, alpha, dalpha, method.integrand)
+    assert got.shape == x.shape and torch.equal(got, want) and (got[z != method.mask_id] == 0).all()

@@ -34,10 +34,9 @@ import torch
 from torch import Tensor
 
 from ..generation import generate_text, resolve_sampler
-from ..losses import token_loss
 from ..processes import uniform
-from ..schedules import antithetic_times, sigma_from_alpha
-from ..utils.seeding import derive_seed
+from ..schedules import antithetic_times
+from ..utils.seeding import derive_seed, generator
 
 try:
     from lm_eval.api.model import LM
@@ -67,7 +66,7 @@ def _flag(value: Any) -> bool:
 
 
 class DuoLM(LM):
-    """A duo model (Duo, MDLM or AR) as an lm-eval ``LM``."""
+    """A duo model (Duo, MDLM, SEDD or AR) as an lm-eval ``LM``; D3PM (discrete time) is refused."""
 
     def __init__(self, checkpoint: str | None = None, nelbo_samples: int = 16, batch_size: int | str = 32,
                  device: str = "cpu", seed: int = 0, sampler: str | None = None, steps: int | None = None,
@@ -90,6 +89,9 @@ class DuoLM(LM):
         self.device_ = next(self.method.backbone.parameters()).device
         self.length = int(loaded.cfg.data.seq_len)
         self.ar = self.method.process.autoregressive
+        if self.method.process.masked and getattr(self.method, "integrand", None) is None:
+            raise ValueError(f"the duo lm-eval model scores continuous-time NELBOs; {self.method.name} "
+                             "(discrete time) is not supported")
         self.method.backbone.eval()
 
     # --- lm-eval's interface ---------------------------------------------------------
@@ -171,20 +173,12 @@ class DuoLM(LM):
         greedy = logp.argmax(-1) == target
         return [(float(token_lp[b, -n:].double().sum()), bool(greedy[b, -n:].all())) for b, n in enumerate(n_cont)]
 
-    def _noised(self, x: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
-        m = self.method
-        return m.process.noise(x, alpha, m.vocab_size, getattr(m, "mask_id", None), gen)
-
     def _per_token(self, z: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """The NELBO integrand (B, L) at times ``t`` (B,), the method's own formula."""
         m = self.method
         alpha, dalpha = m.schedule.alpha(t)[:, None], m.schedule.dalpha(t)[:, None]
         if m.process.masked:
-            sigma = sigma_from_alpha(alpha[:, 0].float())
-            if not m.cfg.time_conditioning:
-                sigma = torch.zeros_like(sigma)
-            return token_loss(m._nelbo_from_logits, m.backbone, z, sigma, z, x, alpha.expand(x.shape),
-                              dalpha.expand(x.shape), max_elements=m.loss_chunk_elements)
+            return m.nelbo_per_token(x, z, alpha, dalpha)
         return m.nelbo(z, z, x, alpha, dalpha)
 
     def _score_diffusion(self, x: Tensor, n_cont: list[int], ids: list[int]) -> list[tuple[float, bool]]:
@@ -195,12 +189,12 @@ class DuoLM(LM):
         rows, masks, times = [], [], []
         for b in range(B):
             # One generator per request: its estimate does not depend on its batch-mates.
-            gen = torch.Generator(device=x.device).manual_seed(derive_seed(self.seed, ids[b]))
+            gen = generator(self.seed, ids[b], device=x.device)
             u = torch.rand((), generator=gen, dtype=torch.float64, device=x.device).cpu()
             t = antithetic_times(n, eps=float(m.cfg.eps), u=u, device=x.device)
             t = torch.cat([t, torch.ones(1, device=x.device)])  # + one row at t = 1 for is_greedy
             xb = x[b].expand(n + 1, L)
-            z = self._noised(xb, m.schedule.alpha(t)[:, None], gen)
+            z = m.process.noise(xb, m.schedule.alpha(t)[:, None], m.vocab_size, getattr(m, "mask_id", None), gen)
             rows.append(torch.where(cont[b], z, xb))  # the context is never noised
             masks.append(cont[b].expand(n + 1, L))
             times.append(t)
@@ -211,7 +205,7 @@ class DuoLM(LM):
             if not m.process.masked else 0.0
         sums = per_token.sum(-1).view(B, n + 1)[:, :n].mean(-1)
         last = torch.arange(B, device=x.device) * (n + 1) + n
-        pred = m.denoiser(z[last], t[last]).argmax(-1)
+        pred = m.denoiser(z[last], m.schedule.alpha(t[last])).argmax(-1)  # the denoiser takes alpha_t
         out = []
         for b, k in enumerate(n_cont):
             nelbo = float(sums[b]) + prior * k

@@ -83,10 +83,6 @@ def _batches(data, batch_size: int) -> Iterable[dict[str, Tensor]]:
     return data
 
 
-def _noised(method, x: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
-    return method.process.noise(x, alpha, method.vocab_size, getattr(method, "mask_id", None), gen)
-
-
 def _decoder_nll(method, z0: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
     log_probs = method.denoiser(z0, alpha).float()
     if method.process.masked:
@@ -99,7 +95,7 @@ def _reconstruction(method, batch: dict[str, Tensor], gen: torch.Generator) -> t
     x = batch["input_ids"]
     t0 = torch.full((x.shape[0],), float(method.cfg.eps), device=x.device)
     alpha = method.schedule.alpha(t0)
-    z0 = _noised(method, x, alpha[:, None], gen)
+    z0 = method.process.noise(x, alpha[:, None], method.vocab_size, getattr(method, "mask_id", None), gen)
     # Rows in chunks: (B, L, K) log-probs at K = 50,257 would take gigabytes.
     rows = max(1, _MAX_ELEMENTS // (x.shape[1] * method.vocab_size))
     per_token = torch.cat([_decoder_nll(method, z0[i:i + rows], x[i:i + rows], alpha[i:i + rows])

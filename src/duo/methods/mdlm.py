@@ -40,5 +40,7 @@ class MdlmMethod(MaskedMethod):
         log_p = absorbing.subs_log_probs(logits, z_t, self.mask_id)
         return mdlm_nelbo(log_p, z_t, x, alpha, dalpha, self.mask_id)
 
+    integrand = _nelbo_from_logits
+
     def eval_loss(self, batch: dict[str, Tensor], t: Tensor, *, generator=None) -> LossOutput:
         return self.training_loss(batch, t, generator=generator)

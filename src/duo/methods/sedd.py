@@ -66,6 +66,8 @@ class SeddMethod(MaskedMethod):
     def _dse_from_logits(self, logits: Tensor, z_t: Tensor, x: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
         return sedd_dse(score_log_ratios(logits, z_t, alpha, self.mask_id), z_t, x, alpha, dalpha, self.mask_id)
 
+    integrand = _dse_from_logits
+
     def training_loss(
         self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0, generator=None
     ) -> LossOutput:
