@@ -365,3 +365,19 @@ def test_a_refused_pickle_cannot_set_attributes_of_shared_classes_or_functions(t
         with pytest.raises(ValueError, match="refusing it"):
             load_restricted(path)
         assert still() is before
+
+
+def test_convert_and_export_agree_on_what_is_positional():
+    from duo.commands.convert import parse
+    from duo.commands.export import parse as parse_export
+
+    a = parse(["runs/lr=3e-4/last.ckpt", "out", "weights=raw", "algo=mdlm"])
+    assert (a.src, a.out, a.weights, a.algo, a.device) == ("runs/lr=3e-4/last.ckpt", "out", "raw", "mdlm", "cpu")
+    (src, out), e, _ = parse_export(["runs/lr=3e-4/last.ckpt", "out", "weights=raw"], "export", 2, "u")
+    assert (src, out, e.weights) == (a.src, a.out, a.weights)
+    b = parse(["src=a.ckpt", "out"])
+    assert (b.src, b.out) == ("a.ckpt", "out")
+    for bad, match in ((["a"], "usage"), (["a", "b", "c"], "usage"), (["a", "b", "weights=x"], "ema or raw"),
+                       (["a", "b", "foo=1"], "unknown key 'foo' for duo convert")):
+        with pytest.raises(ValueError, match=match):
+            parse(bad)

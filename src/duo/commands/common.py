@@ -45,6 +45,25 @@ def parse_args(args: list[str], command: str, *sections: Any) -> tuple[Any, ...]
     return tuple(out)
 
 
+def _is_path(arg: str) -> bool:
+    """A path (no ``=``, or one inside a path such as ``runs/lr=3e-4``), not ``key=value``."""
+    key, sep, _ = arg.partition("=")
+    return not sep or key.startswith(("/", ".", "~")) or "/" in key
+
+
+def parse_positional(args: list[str], command: str, n_positional: int, usage: str, *sections: Any,
+                     extra: tuple[str, ...] = ()) -> tuple[list[str], tuple[Any, ...], dict[str, str]]:
+    """``SRC OUT key=value ...``: the ``n_positional`` paths (else ``ValueError("usage: ...")``),
+    the ``key=value`` rest through :func:`parse_args` into ``sections``, and the raw text of
+    the ``extra`` keys (the command's own, outside any section)."""
+    positional = [a for a in args if _is_path(a)]
+    keyed = [a for a in args if not _is_path(a)]
+    given = {k: v for k, _, v in (a.partition("=") for a in keyed) if k in extra}
+    if len(positional) != n_positional:
+        raise ValueError(f"usage: {usage}")
+    return positional, parse_args([a for a in keyed if a.partition("=")[0] not in given], command, *sections), given
+
+
 def require_checkpoint(checkpoint: str | None, command: str) -> str:
     if not checkpoint:
         raise ConfigError(f"duo {command} needs checkpoint=<a run directory, .ckpt, folder or hf:<repo>>")

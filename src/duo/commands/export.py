@@ -34,15 +34,10 @@ class ExportArgs:
 
 def parse(args: list[str], command: str, n_positional: int, usage: str) -> tuple[list[str], ExportArgs, dict]:
     """Positional arguments, then ``key=value`` (``ExportArgs`` fields, or ``extra`` keys)."""
-    from .common import parse_args
+    from .common import parse_positional
 
-    positional = [a for a in args if "=" not in a or a.split("=", 1)[0].startswith(("/", ".", "~"))]
-    keyed = [a for a in args if a not in positional]
-    extra = {k: v for k, _, v in (a.partition("=") for a in keyed) if k in ("private", "message", "token")}
-    keyed = [a for a in keyed if a.split("=", 1)[0] not in extra]
-    if len(positional) != n_positional:
-        raise ValueError(f"usage: {usage}")
-    (a,) = parse_args(keyed, command, ExportArgs)
+    positional, (a,), extra = parse_positional(args, command, n_positional, usage, ExportArgs,
+                                               extra=("private", "message", "token"))
     if a.weights not in ("ema", "raw"):
         raise ValueError(f"weights={a.weights!r} must be ema or raw")
     return positional, a, extra
