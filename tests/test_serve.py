@@ -177,8 +177,13 @@ def test_stream_states_are_the_denoising_states_and_end_with_the_final_text(serv
     gen = sample(loaded, plan_sampling(loaded, SamplingConfig(steps=5, num_samples=2, seed=3, prefix=PROMPT)),
                  return_intermediates=True)
     prefix_len = len(loaded.tokenizer.encode(PROMPT))
+    tok = loaded.tokenizer
+    assert all("texts" not in s for s in states[:-1])  # the texts come once, with the final state
     for k, (state, ids) in enumerate(zip(states, gen.intermediates)):
-        assert state["texts"] == decode(loaded.tokenizer, ids)
+        assert state["pieces"] == [[tok.decode([t], skip_special_tokens=True) if t < tok.vocab_size else "\u2591" for t in row]
+                                   for row in ids.tolist()]
+        if k == len(states) - 1:
+            assert state["texts"] == decode(tok, ids)
         previous = gen.intermediates[k - 1] if k else ids
         for row in range(2):
             assert state["changed"][row] == (ids[row] != previous[row]).nonzero().flatten().tolist()
@@ -234,7 +239,9 @@ def test_an_autoregressive_checkpoint_is_served_too(loaded_runs, tiny_runs, tmp_
         capsys.readouterr()
         assert [json.loads(line)["text"] for line in jsonl.read_text().splitlines()] == out["texts"]
         events = s.stream({"prompt": PROMPT, "n": 2, "seed": 4})
-        assert [k for k, _ in events] == ["state", "done"] and events[0][1]["texts"] == out["texts"]
+        # one state per network call (the growing context) and the final one
+        assert [k for k, _ in events] == ["state"] * (out["nfe"] + 1) + ["done"]
+        assert events[-2][1]["texts"] == out["texts"]
         for body, field in (({"suffix": "end"}, "suffix"), ({"prompt": "a ____ b"}, "prompt")):
             status, _, err = s.post(body)
             assert status == 400 and err["field"] == field
@@ -275,6 +282,79 @@ def test_a_masked_model_reports_and_limits_its_default_steps(built, algo, extra,
         assert f"default of {default} steps" in err["error"]
         status, _, out = s.post({"steps": 3, "seed": 1})
         assert status == 200 and out["sampler"] == sampler and out["nfe"] == 3, out
+    finally:
+        s.stop()
+
+
+class _Slow:
+    """A method whose network calls each take ``delay`` seconds longer (results unchanged)."""
+
+    def __init__(self, method, delay: float) -> None:
+        self._method, self._delay = method, delay
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._method, name)
+        if name not in ("denoiser", "score", "next_token_logits", "decode"):
+            return attr
+
+        def slow(*args):
+            time.sleep(self._delay)
+            return attr(*args)
+        return slow
+
+
+def test_an_autoregressive_stream_shows_the_growing_text_and_stops_when_its_client_leaves(loaded_runs):
+    """Every network entry point is watched: the AR sampler's cached ``decode`` streams its
+    context so far (the rest blank), and a stream whose client left stops at the next call."""
+    import dataclasses
+
+    ar = loaded_runs["ar"]
+    tok = ar.tokenizer
+    s = Server(create_app(ServeConfig(queue=1), loaded=ar))
+    try:
+        done = s.post({"prompt": PROMPT, "n": 2, "seed": 4})[2]
+        events = s.stream({"prompt": PROMPT, "n": 2, "seed": 4})
+        states = [data for kind, data in events if kind == "state"]
+        start = 1 + len(tok.encode(PROMPT))  # BOS and the prompt: the first call's context
+        final = states[-1]["pieces"]
+        assert len(states) == done["nfe"] + 1 == ar.cfg.data.seq_len - start + 1
+        for k, state in enumerate(states):
+            for row in range(2):
+                pieces = state["pieces"][row]
+                assert len(pieces) == ar.cfg.data.seq_len
+                assert pieces[:start + k] == final[row][:start + k] and set(pieces[start + k:]) <= {"\u2591"}
+                assert state["changed"][row] == ([start + k - 1] if k else [])
+    finally:
+        s.stop()
+    slow = dataclasses.replace(ar, method=_Slow(ar.method, 0.1))
+    s = Server(create_app(ServeConfig(queue=1), loaded=slow))
+    try:
+        conn, resp = s.open_stream({"n": 1, "seed": 2})
+        assert next(read_events(resp))[0] == "state"
+        conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-stream
+        conn.close()
+        assert wait_idle(s)["active"] == 0  # the slot is free at once; the run stops at its next call
+        deadline = time.time() + 10
+        while (health := s.request("GET", "/healthz")[2])["aborted"] == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        assert health["aborted"] == 1 and health["served"] == 0 and health["batches"] == 0, health
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("algo,sampler", [("sedd", "sedd_analytic"), ("mdlm", "mdlm")])
+def test_a_masked_model_streams_its_states(built, algo, sampler):
+    """A score model (SEDD: ``method.score``) streams a state per network call as a
+    denoiser (MDLM) does, from all masks to the final text."""
+    s = Server(create_app(ServeConfig(max_steps=MAX_STEPS), loaded=built(algo)))
+    try:
+        events = s.stream({"steps": 4, "n": 2, "seed": 1})
+        states = [data for kind, data in events if kind == "state"]
+        kind, done = events[-1]
+        assert kind == "done" and done["sampler"] == sampler and len(states) == done["nfe"] + 1, done
+        assert [st["step"] for st in states] == list(range(len(states)))
+        assert set(states[0]["pieces"][0]) == {"\u2591"}  # the prior: every position masked
+        assert states[-1]["texts"] == done["texts"]
     finally:
         s.stop()
 

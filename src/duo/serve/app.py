@@ -6,8 +6,9 @@
     POST /v1/generate           {"prompt", "suffix", "sampler", "steps", "seed", "n", ...}
                                 -> {"texts", "nfe", "seconds", "tokens_per_second", ...}
     POST /v1/generate/stream    the same body -> text/event-stream: ``state`` events
-                                ({"step", "texts", "pieces", "changed", "num_changed"}),
-                                then ``done`` (the JSON of /v1/generate) or ``error``
+                                ({"step", "pieces", "changed", "num_changed"}; the last
+                                one also "texts"), then ``done`` (the JSON of
+                                /v1/generate) or ``error``
 
 Bad requests get 400 ``{"error": "<one line>", "field": "<name>"}``; a full queue 503
 with ``Retry-After``.

@@ -28,7 +28,6 @@ from typing import Any, Callable
 import torch
 
 from ..evaluation import generate_batched, sample
-from ..generation import decode
 from .config import ServeConfig
 from .requests import Prepared
 
@@ -63,18 +62,42 @@ class Job:
 
 
 class _Watched:
-    """A method whose denoiser reports each input state (the current ``z``) first; it adds
-    no computation and draws no random numbers, so results are unchanged."""
+    """A method whose network entry points report each input state first: ``denoiser`` and
+    ``score`` their ``z``; the autoregressive ``next_token_logits`` its context and cached
+    ``decode`` the ids seen so far, both padded to ``length`` with ``pad_id``. It adds no
+    computation and draws no random numbers, so results are unchanged."""
 
-    def __init__(self, method, on_state: Callable[[torch.Tensor], None]) -> None:
+    def __init__(self, method, on_state: Callable[[torch.Tensor], None], length: int, pad_id: int) -> None:
         self._method, self._on_state = method, on_state
+        self._length, self._pad_id = length, pad_id
+        self._seen: torch.Tensor | None = None  # cached decoding: the ids the cache holds
+
+    def _padded(self, ids: torch.Tensor) -> torch.Tensor:
+        missing = self._length - ids.shape[1]
+        return torch.cat([ids, ids.new_full((ids.shape[0], missing), self._pad_id)], 1) if missing > 0 else ids
 
     def __getattr__(self, name: str):
-        return getattr(self._method, name)
-
-    def denoiser(self, z, alpha_t):
-        self._on_state(z)
-        return self._method.denoiser(z, alpha_t)
+        attr = getattr(self._method, name)  # AttributeError where the method has none
+        if name in ("denoiser", "score"):
+            def watched(z, alpha_t):
+                self._on_state(z)
+                return attr(z, alpha_t)
+        elif name == "next_token_logits":
+            def watched(ids):
+                self._on_state(self._padded(ids))
+                return attr(ids)
+        elif name == "new_cache":
+            def watched(*args, **kwargs):
+                self._seen = None
+                return attr(*args, **kwargs)
+        elif name == "decode":
+            def watched(ids, cache):
+                self._seen = ids if self._seen is None else torch.cat([self._seen, ids], 1)
+                self._on_state(self._padded(self._seen))
+                return attr(ids, cache)
+        else:
+            return attr
+        return watched
 
 
 class Engine:
@@ -155,18 +178,21 @@ class Engine:
             self._pieces[token] = tok.decode([token], skip_special_tokens=True) if token < tok.vocab_size else "\u2591"
         return self._pieces[token]
 
-    def state_event(self, step: int, z: torch.Tensor, previous: torch.Tensor | None) -> dict[str, Any]:
-        """A state for the stream: per sample its text, its tokens' pieces and the positions
-        that changed since the previous state."""
-        z = z.cpu()
-        texts = decode(self.loaded.tokenizer, z, getattr(self.loaded.method, "mask_id", None))
+    def state_event(self, step: int, z: torch.Tensor, previous: torch.Tensor | None,
+                    texts: list[str] | None = None) -> dict[str, Any]:
+        """A state for the stream: per sample its tokens' pieces and the positions that
+        changed since the previous state (both on the CPU); ``texts`` (the final state's)
+        when given."""
         rows = z.tolist()
-        changed = (z != previous).nonzero().tolist() if previous is not None else []
+        changed = (z != previous).nonzero().tolist() if previous is not None and previous.shape == z.shape else []
         per_row: list[list[int]] = [[] for _ in rows]
         for r, pos in changed:
             per_row[r].append(pos)
-        return {"step": step, "texts": texts, "pieces": [[self._piece(t) for t in row] for row in rows],
-                "changed": per_row, "num_changed": len(changed)}
+        event = {"step": step, "pieces": [[self._piece(t) for t in row] for row in rows],
+                 "changed": per_row, "num_changed": len(changed)}
+        if texts is not None:
+            event["texts"] = texts
+        return event
 
     def _run(self, group: list[Job]) -> None:
         prepared = group[0].prepared
@@ -178,14 +204,16 @@ class Engine:
             if all(j.cancelled.is_set() for j in group):
                 raise _Aborted
             live = [j for j in streams if not j.cancelled.is_set()]
-            if live:
+            if live:  # only then a copy to the CPU (a device sync); the stream needs no other
+                z = z.cpu()
                 event = self.state_event(state["step"], z, state["previous"])
                 for job in live:
                     job.post("state", event)
-            state["previous"] = z.cpu()
+                state["previous"] = z
             state["step"] += 1
 
-        loaded = dataclasses.replace(self.loaded, method=_Watched(self.loaded.method, on_state))
+        watched = _Watched(self.loaded.method, on_state, plan.seq_len, self.loaded.tokenizer.vocab_size)
+        loaded = dataclasses.replace(self.loaded, method=watched)
         started = time.perf_counter()
         if prepared.clamp is None:
             gen = sample(loaded, plan, device=self.device)
@@ -199,7 +227,8 @@ class Engine:
         seconds = time.perf_counter() - started
         self.stats["batches"] += 1
         self.stats["run_seconds"] += seconds
-        final = self.state_event(state["step"], gen.tokens, state["previous"]) if streams else None
+        live = any(not j.cancelled.is_set() for j in streams)
+        final = self.state_event(state["step"], gen.tokens.cpu(), state["previous"], gen.texts) if live else None
         for job in group:
             if job.cancelled.is_set():
                 continue

@@ -66,7 +66,7 @@ function render(index) {
       span.textContent = piece;
       return span;
     }));
-    div.dataset.text = state.texts[r];
+    div.dataset.text = state.texts ? state.texts[r] : pieces.join("");  // texts: the final state only
   });
   $("step").textContent = state.step;
   $("changed").textContent = state.num_changed;
