@@ -106,14 +106,19 @@ def create_app(config: ServeConfig, loaded=None, device=None) -> FastAPI:
     async def model() -> dict[str, Any]:
         return info
 
-    async def admit(request: Request, stream: bool) -> Job:
+    async def admit(request: Request, stream: bool) -> Job | JSONResponse:
+        """The request's job holding a slot, or the response refusing it (400 or 503)."""
         raw = await request.body()
         try:
             body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError) as err:
-            raise RequestError(f"the body is not valid JSON: {str(err).splitlines()[0]}") from None
-        prepared = prepare(loaded, parse_body(body), config)
-        return engine.submit(prepared, stream, asyncio.get_running_loop())
+            return _bad(RequestError(f"the body is not valid JSON: {str(err).splitlines()[0]}"))
+        try:
+            return engine.submit(prepare(loaded, parse_body(body), config), stream, asyncio.get_running_loop())
+        except RequestError as err:
+            return _bad(err)
+        except QueueFull as err:
+            return _busy(err)
 
     async def next_event(request: Request, job: Job) -> tuple[str, dict] | None:
         """The job's next event; None when its client has gone."""
@@ -126,12 +131,9 @@ def create_app(config: ServeConfig, loaded=None, device=None) -> FastAPI:
 
     @app.post("/v1/generate")
     async def generate(request: Request):
-        try:
-            job = await admit(request, stream=False)
-        except RequestError as err:
-            return _bad(err)
-        except QueueFull as err:
-            return _busy(err)
+        job = await admit(request, stream=False)
+        if not isinstance(job, Job):
+            return job
         try:
             while True:
                 event = await next_event(request, job)
@@ -147,12 +149,9 @@ def create_app(config: ServeConfig, loaded=None, device=None) -> FastAPI:
 
     @app.post("/v1/generate/stream")
     async def generate_stream(request: Request):
-        try:
-            job = await admit(request, stream=True)
-        except RequestError as err:
-            return _bad(err)
-        except QueueFull as err:
-            return _busy(err)
+        job = await admit(request, stream=True)
+        if not isinstance(job, Job):
+            return job
 
         async def events():
             try:
