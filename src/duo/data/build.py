@@ -105,10 +105,7 @@ def check_fits_model(tokenizer: TextTokenizer, model_vocab_size: int, seq_len: i
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model embeds only "
             f"{model_vocab_size}; build the model with vocab_size >= {tokenizer.vocab_size} or use a smaller tokenizer"
         )
-    if seq_len > model_max_len:
-        raise ValueError(
-            f"seq_len={seq_len} exceeds the model's maximum length {model_max_len}; lower data.seq_len or use a longer model"
-        )
+    check_seq_len(seq_len, model_max_len)
 
 
 @dataclass(frozen=True)
