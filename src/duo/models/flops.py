@@ -18,6 +18,9 @@ figures counted ``6 (P_tok + P_seq)`` per token, about 5% too many for ``small``
 L = 1024: see :func:`loose_flops_per_token`.
 
 The output projection counts K rows (the vocabulary), not the rows CUDA pads it to.
+This is the network's work on token ids: the full-relaxation curriculum's dense input mix
+(about 4 K D more per token) and distillation's teacher forward (about a third more) are
+not counted, so MFU logged in those phases understates the work done.
 """
 
 from __future__ import annotations
