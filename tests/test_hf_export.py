@@ -186,3 +186,26 @@ def test_sampling_config_default_steps_are_the_samplers_built_for_the_method(tin
     out = _sampling_config(loaded, ExportArgs())
     assert out == {"sampler": sampler, "steps": steps, "nfe": steps, "protocol": "ours", "seq_len": 32}
     assert _sampling_config(loaded, ExportArgs(steps=8, protocol="paper"))["nfe"] == 9
+
+
+def test_a_flipped_byte_in_the_exported_weights_fails_loading_in_one_line(runs, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from duo.commands.export import export_run
+    from duo.interop import load_export
+
+    out = export_run(str(runs["duo"]), tmp_path / "export")
+    path = out / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["duo_checksum"].startswith("sha256:")
+    load_export(out)  # intact: loads
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # after the JSON header: the tensors' bytes
+    data[(start + len(data)) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for load in (load_export, load_checkpoint):
+        with pytest.raises(ValueError, match="fails its checksum") as info:
+            load(out)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    code, _, err = run(capsys, "sample", f"checkpoint={out}", "steps=2", "num_samples=1", "seq_len=16")
+    assert code == 2 and err.count("\n") == 1 and "fails its checksum" in err and str(path) in err

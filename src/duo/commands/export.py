@@ -161,14 +161,13 @@ def _training_steps(src: str) -> int | None:
 
 def write_export(loaded, out: Path, *, sampling: dict[str, Any], card: str) -> Path:
     """The folder's files, written into ``out`` (which must not exist yet)."""
-    from safetensors.torch import save_file
-
     from ..interop.hf_model import export_config
+    from ..utils.checksums import write_safetensors
 
     out.mkdir(parents=True)
     loaded.tokenizer.save(out)  # duo_tokenizer.json and the backend's files, at the top level
     state = {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in loaded.backbone.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "algo": loaded.algo})
+    write_safetensors(state, out / "model.safetensors", {"format": "pt", "algo": loaded.algo})
     (out / "config.json").write_text(json.dumps(export_config(loaded), indent=2) + "\n", encoding="utf-8")
     (out / SAMPLING_FILE).write_text(json.dumps(sampling, indent=2) + "\n", encoding="utf-8")
     (out / CARD_FILE).write_text(card, encoding="utf-8")

@@ -97,10 +97,9 @@ def _build(conf: dict[str, Any], folder: Path):
 def load_export(folder: str | Path, *, tokenizer=None, device: str | torch.device = "cpu",
                 algo: str | None = None):
     """A duo export folder as a ``duo.loading.LoadedModel`` (the weights it holds)."""
-    from safetensors.torch import load_file
-
     from ..data import load_tokenizer
     from ..loading import build_loaded
+    from ..utils.checksums import read_safetensors
 
     d = Path(folder).expanduser()
     conf = read_export_config(d)
@@ -113,11 +112,7 @@ def load_export(folder: str | Path, *, tokenizer=None, device: str | torch.devic
     if tokenizer is not None and tokenizer.vocab_size != saved.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but {str(d)!r} was trained with "
                          f"{saved.vocab_size}; use the tokenizer saved with the export")
-    try:
-        state = load_file(str(d / "model.safetensors"))
-    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
-        raise ValueError(f"{str(d / 'model.safetensors')!r} is corrupt ({type(err).__name__}); "
-                         "download or export it again") from None
+    state = read_safetensors(d / "model.safetensors")  # verified against the checksum export stored
     metadata = {**(conf.get("duo_metadata") or {}), "source": "export"}
     loaded = build_loaded(cfg, tokenizer or saved, state, None, d, metadata,
                           model_vocab_size=int(conf.get("vocab_size") or 0) or None)
