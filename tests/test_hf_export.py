@@ -209,3 +209,23 @@ def test_a_flipped_byte_in_the_exported_weights_fails_loading_in_one_line(runs, 
         assert str(path) in str(info.value) and "\n" not in str(info.value)
     code, _, err = run(capsys, "sample", f"checkpoint={out}", "steps=2", "num_samples=1", "seq_len=16")
     assert code == 2 and err.count("\n") == 1 and "fails its checksum" in err and str(path) in err
+
+
+def test_automodel_sample_keeps_suffix_and_length_as_duo_sample_does(runs, tmp_path):
+    from transformers import AutoModel
+
+    from duo.interop import register_auto_classes
+
+    register_auto_classes()
+    out = tmp_path / "export"
+    assert main(["export", str(runs["duo"]), str(out)]) == 0
+    model = AutoModel.from_pretrained(out)
+    loaded = load_checkpoint(runs["duo"])
+    texts = model.sample(prompt="The", suffix="end", steps=3, num_samples=2, seq_len=24, length=16, seed=7)
+    ref = sample(loaded, SamplingConfig(steps=3, num_samples=2, seq_len=24, length=16, seed=7, prefix="The",
+                                        suffix="end"))
+    assert texts == ref.texts and all(t.startswith("The") and t.endswith("end") for t in texts)
+    gen = model.sample(steps=2, seq_len=16, length=12, return_generation=True)
+    assert gen.tokens.shape == (1, 12)
+    with pytest.raises(ValueError, match="semi-autoregressive"):
+        model.sample(steps=2, seq_len=16, length=24)

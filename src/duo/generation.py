@@ -39,6 +39,15 @@ def resolve_sampler(method, name: str | None) -> str:
     return name
 
 
+def pick_sampler(loaded, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+    """The requested sampler and steps, else the checkpoint's recorded defaults."""
+    meta = loaded.metadata or {}
+    name = resolve_sampler(loaded.method, sampler or meta.get("sampler"))
+    if steps is None and sampler in (None, meta.get("sampler")):
+        steps = meta.get("steps")
+    return name, steps
+
+
 def sampler_options(method, name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The options sampler ``name`` is built with for ``method``: ``options`` over the
     method's own (``sampler_options``, e.g. D3PM's ``T``), with a masked process's

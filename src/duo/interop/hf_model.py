@@ -130,7 +130,7 @@ def _define_classes() -> dict[str, type]:
     from transformers.utils import ModelOutput
 
     from ..config import build_config
-    from ..generation import generate_text, resolve_sampler
+    from ..generation import generate_text, pick_sampler
     from ..loading import LoadedModel
     from ..methods import build_method
     from ..samplers import SamplingConfig
@@ -218,21 +218,28 @@ def _define_classes() -> dict[str, type]:
                    num_samples: int = 1, seq_len: int | None = None, seed: int = 0, protocol: str = "ours",
                    return_generation: bool = False, **options: Any):
             """Texts from duo's samplers (``sampler=None``: the export's default); ``options``
-            are :class:`duo.samplers.SamplingConfig` fields (``top_p``, ``eta``, ...)."""
+            are :class:`duo.samplers.SamplingConfig` fields (``top_p``, ``eta``, ``suffix``,
+            ``length``, ...). Semi-autoregressive generation (``length`` > ``seq_len``) is
+            ``duo.evaluation.sample(model.as_loaded(), SamplingConfig(...))``."""
             cfg = SamplingConfig(sampler=sampler, steps=steps, num_samples=num_samples, seq_len=seq_len,
                                  seed=seed, prefix=prompt, protocol=protocol, **options).validate()
-            meta = self.config.duo_metadata or {}
-            name = resolve_sampler(self.method, cfg.sampler or meta.get("sampler"))
-            if cfg.steps is None and cfg.sampler in (None, meta.get("sampler")):
-                steps = meta.get("steps")
+            loaded = self.as_loaded()
+            name, steps = pick_sampler(loaded, cfg.sampler, cfg.steps)
             length = cfg.seq_len or self.run_config.data.seq_len
             if length > self.run_config.model.max_seq_len:
                 raise ValueError(f"seq_len={length} must be in [1, {self.run_config.model.max_seq_len}]")
-            tok = self.tokenizer
-            prefix = torch.tensor(tok.encode(prompt), dtype=torch.long) if prompt else None
+            if cfg.length is not None and cfg.length > length:
+                raise ValueError(f"length={cfg.length} > seq_len={length} is semi-autoregressive generation: "
+                                 "use duo.evaluation.sample(model.as_loaded(), SamplingConfig(...))")
+            length = cfg.length or length
+            tok = loaded.tokenizer
+
+            def ids(text: str | None) -> torch.Tensor | None:
+                return torch.tensor(tok.encode(text), dtype=torch.long) if text else None
+
             gen = generate_text(self.method, tok, num_samples=num_samples, seq_len=length, seed=seed,
-                                sampler=name, steps=steps, options=cfg.options(name), prefix=prefix,
-                                device=self.device, protocol=protocol)
+                                sampler=name, steps=steps, options=cfg.options(name), prefix=ids(prompt),
+                                suffix=ids(cfg.suffix), device=self.device, protocol=protocol)
             return gen if return_generation else gen.texts
 
     class DuoMdlmModel(DuoModel):
