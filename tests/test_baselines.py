@@ -434,3 +434,29 @@ def test_sedd_step_total_matches_float64_reference():
         torch.testing.assert_close(mix.x, m * (dsigma * want).clamp(max=1.0), rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(normalised_scores(log_score, 49)[..., :49].double(),
                                log_score[..., :49].double().log_softmax(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_semi_ar_stops_only_when_every_row_has_an_eos():
+    def window(clamp, seed):
+        t = torch.arange(8).repeat(2, 1)
+        t[0, 5] = 99  # row 0 has an EOS, row 1 never does
+        return (clamp.apply(t) if clamp is not None else t), 1
+
+    res = semi_autoregressive(window, batch_size=2, length=32, context=8, stride=4, eos_id=99, stop_at_eos=True)
+    assert res.nfe == 7 and res.lengths == [5, 32] and not (res.tokens[1] == 99).any()
+
+
+def test_semi_ar_window_seeds_do_not_collide_with_batch_seeds():
+    from duo.utils.seeding import derive_seed
+
+    seeds = []
+
+    def window(clamp, seed):
+        seeds.append(seed)
+        t = torch.arange(8).repeat(1, 1)
+        return (clamp.apply(t) if clamp is not None else t), 1
+
+    for i in range(3):  # as duo.evaluation.sampling seeds batch i
+        semi_autoregressive(window, batch_size=1, length=20, context=8, stride=4,
+                            seed=0 if i == 0 else derive_seed(0, i))
+    assert seeds[0] == 0 and len(set(seeds)) == len(seeds) == 12

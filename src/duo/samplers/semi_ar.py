@@ -79,9 +79,11 @@ def semi_autoregressive(
 ) -> SemiArOutput:
     """Generate (B, length) ids window by window with ``window(clamp, seed)``.
 
-    Window ``w`` uses seed ``seed`` (w = 0) or ``derive_seed(seed, w)``. With
-    ``stop_at_eos`` (and ``eos_id``), generation stops once every row holds an EOS after
-    position 0; the remaining positions are filled with EOS.
+    Window ``w`` uses seed ``seed`` (w = 0) or ``derive_seed(seed, w, 1)``: a part of its
+    own, so a caller that seeds batch ``i`` with ``derive_seed(seed, i)`` never gives one
+    batch's later window the stream of another batch's first. With ``stop_at_eos`` (and
+    ``eos_id``), generation stops once every row holds an EOS after position 0; the
+    remaining positions are filled with EOS.
     """
     stride = default_stride(context) if stride is None else stride
     n_windows = check_semi_ar(length, context, stride)
@@ -91,15 +93,12 @@ def semi_autoregressive(
     out[:, :context] = first
     pos = context
     for w in range(1, n_windows):
-        if stop_at_eos and eos_id is not None and min(first_eos_lengths(out[:, :pos], eos_id)) < pos:
+        if stop_at_eos and eos_id is not None and max(first_eos_lengths(out[:, :pos], eos_id)) < pos:
             out[:, pos:] = eos_id
             break
-        ids = torch.zeros((batch_size, context), dtype=torch.long, device=out.device)
-        ids[:, :keep] = out[:, pos - keep:pos]
-        mask = torch.zeros((batch_size, context), dtype=torch.bool, device=out.device)
-        mask[:, :keep] = True
-        tokens, calls = window(Conditioning.from_mask(mask, ids), derive_seed(seed, w))
-        assert torch.equal(tokens[:, :keep], ids[:, :keep]), "a window moved its clamped tokens"
+        clamp = Conditioning.prefix(out[:, pos - keep:pos], context)
+        tokens, calls = window(clamp, derive_seed(seed, w, 1))
+        assert torch.equal(tokens[:, :keep], out[:, pos - keep:pos]), "a window moved its clamped tokens"
         out[:, pos:pos + stride] = tokens[:, keep:]
         pos += stride
         nfe += calls
