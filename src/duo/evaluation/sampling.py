@@ -4,6 +4,7 @@ sample-quality metrics (Gen PPL + entropy)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from ..generation import Generation, decode, generate_text, generate_tokens, resolve_sampler
-from ..samplers.semi_ar import check_semi_ar, semi_autoregressive
+from ..samplers.semi_ar import check_semi_ar, default_stride, semi_autoregressive
 from ..samplers import SamplingConfig
 from ..samplers.loop import Progress
 from ..utils.seeding import derive_seed
@@ -42,26 +43,31 @@ def _bar(progress: bool | Progress, calls: int, unit: str = "step") -> tuple[Pro
     return Progress(calls, enabled=bool(progress), unit=unit), True
 
 
-def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None, seed: int = 0,
-                     progress: bool | Progress = False, **kwargs) -> Generation:
-    """:func:`duo.generation.generate_text` in batches of ``batch_size``; batch ``i`` uses
-    seed ``derive_seed(seed, i)`` for ``i >= 1`` (batch 0 matches an unbatched call with ``seed``).
-    ``progress``: one bar over batches x steps (or a shared :class:`Progress`)."""
+def _batches(num_samples: int, batch_size: int | None, seed: int) -> list[tuple[int, int]]:
+    """``(samples, seed)`` per batch of ``batch_size`` (None: all at once): batch ``i``
+    uses ``derive_seed(seed, i)`` for ``i >= 1``, batch 0 ``seed`` itself."""
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be >= 1")
     batch_size = batch_size or num_samples
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
+    return [(min(batch_size, num_samples - start), seed if i == 0 else derive_seed(seed, i))
+            for i, start in enumerate(range(0, num_samples, batch_size))]
+
+
+def generate_batched(loaded, *, num_samples: int, batch_size: int | None = None, seed: int = 0,
+                     progress: bool | Progress = False, **kwargs) -> Generation:
+    """:func:`duo.generation.generate_text` in batches of ``batch_size``; batch ``i`` uses
+    seed ``derive_seed(seed, i)`` for ``i >= 1`` (batch 0 matches an unbatched call with ``seed``).
+    ``progress``: one bar over batches x steps (or a shared :class:`Progress`)."""
+    batches = _batches(num_samples, batch_size, seed)
     method, tok = loaded.method, loaded.tokenizer
-    batches = -(-num_samples // batch_size)
     # The AR sampler has its own per-call bar; its batches advance the shared one instead.
     ar = resolve_sampler(method, kwargs.get("sampler")) == "ar"
-    bar, owned = _bar(progress, batches, "batch" if ar else "step")
+    bar, owned = _bar(progress, len(batches), "batch" if ar else "step")
     parts: list[Generation] = []
     try:
-        for i, start in enumerate(range(0, num_samples, batch_size)):
-            n = min(batch_size, num_samples - start)
-            batch_seed = seed if i == 0 else derive_seed(seed, i)
+        for n, batch_seed in batches:
             if ar:
                 bar.begin(1)
             parts.append(generate_text(method, tok, num_samples=n, seed=batch_seed,
@@ -147,7 +153,8 @@ def plan_sampling(loaded, config: SamplingConfig) -> SamplingPlan:
                                  "generation is for diffusion models; an AR model samples up to its maximum length")
             if suffix:
                 raise ValueError("suffix= cannot be combined with semi-autoregressive generation (length > seq_len)")
-            check_semi_ar(config.length, seq_len, config.stride)
+            if config.seq_len is None:  # else validate() has checked it
+                check_semi_ar(config.length, seq_len, config.stride)
             length = config.length
     return SamplingPlan(config, sampler, steps, options, seq_len, prefix, suffix, length)
 
@@ -180,13 +187,12 @@ def sample(loaded, config: SamplingConfig | SamplingPlan | None = None, *,
 def _semi_ar(loaded, plan: SamplingPlan, device, prefix, progress: bool | Progress) -> Generation:
     """``plan.length`` tokens per sample in windows of ``plan.seq_len`` (see samplers.semi_ar)."""
     cfg, method, tok = plan.config, loaded.method, loaded.tokenizer
-    batch_size = cfg.batch_size or cfg.num_samples
+    batches = _batches(cfg.num_samples, cfg.batch_size, cfg.seed)
     parts, nfe, start = [], 0, time.perf_counter()
-    windows = check_semi_ar(plan.length, plan.seq_len, cfg.stride)
-    bar, owned = _bar(progress, -(-cfg.num_samples // batch_size) * windows)  # batches x windows x steps
+    windows = 1 + (plan.length - plan.seq_len) // (cfg.stride or default_stride(plan.seq_len))  # plan checked it
+    bar, owned = _bar(progress, len(batches) * windows)  # batches x windows x steps
     try:
-        for i, first in enumerate(range(0, cfg.num_samples, batch_size)):
-            n = min(batch_size, cfg.num_samples - first)
+        for n, batch_seed in batches:
 
             def window(clamp, seed, n=n):
                 tokens, calls, _ = generate_tokens(
@@ -196,8 +202,7 @@ def _semi_ar(loaded, plan: SamplingPlan, device, prefix, progress: bool | Progre
                 return tokens, calls
 
             out = semi_autoregressive(window, batch_size=n, length=plan.length, context=plan.seq_len,
-                                      stride=cfg.stride, seed=cfg.seed if i == 0 else derive_seed(cfg.seed, i),
-                                      eos_id=getattr(tok, "eos_id", None))
+                                      stride=cfg.stride, seed=batch_seed, eos_id=getattr(tok, "eos_id", None))
             parts.append(out)
             nfe = out.nfe
     finally:
@@ -223,7 +228,8 @@ def sample_quality(
 
     ``config`` (or its fields as keywords, e.g. ``steps=64``) says what to generate. Under
     ``protocol="paper"`` the samples keep their EOS text and are scored as the official
-    code scores them (MATH.md 11), one generated batch at a time."""
+    code scores them (MATH.md 11), each generated batch padded on its own (the judge runs
+    ``judge_batch_size`` rows at a time either way)."""
     if config is None:
         config = SamplingConfig(**{"num_samples": 16, **fields})
     elif fields:
@@ -233,8 +239,18 @@ def sample_quality(
     paper = plan.config.protocol == "paper"
     texts = decode_keeping_eos(loaded.tokenizer, gen.tokens, getattr(loaded.method, "mask_id", None)) \
         if paper else gen.texts
-    scored = generative_perplexity(
-        texts, judge, batch_size=(plan.config.batch_size or len(texts)) if paper else judge_batch_size,
-        max_length=judge_max_length or (plan.seq_len if paper else None), protocol=plan.config.protocol)
+    if paper:
+        # The official code pads each generated batch to its own longest text (a text with no
+        # EOS of its own then scores the first pad), so each batch is scored by its own call;
+        # the truncation length is the generated length (semi-AR: all windows).
+        size = plan.config.batch_size or len(texts)
+        parts = [generative_perplexity(texts[i:i + size], judge, batch_size=judge_batch_size,
+                                       max_length=judge_max_length or plan.length or plan.seq_len, protocol="paper")
+                 for i in range(0, len(texts), size)]
+        count = sum(p.num_tokens for p in parts)
+        mean = sum(p.mean_nll * p.num_tokens for p in parts) / count
+        scored = GenPPLResult(math.exp(min(mean, 700.0)), mean, count, len(texts), judge.name, "paper")
+    else:
+        scored = generative_perplexity(texts, judge, batch_size=judge_batch_size, max_length=judge_max_length)
     stats = sampling_stats(gen, plan.sampler, plan.steps)
     return SampleQuality(scored, unigram_entropy(gen.tokens), stats, gen.texts)
