@@ -161,12 +161,13 @@ def generate_tokens(
     return out.tokens, out.nfe, out.intermediates
 
 
-def decode(tokenizer, tokens: Tensor, mask_id: int | None = None) -> list[str]:
-    """Texts of (B, L) ids; ids the tokenizer does not know (the mask) are dropped."""
+def decode(tokenizer, tokens: Tensor, mask_id: int | None = None, keep_special: bool = False) -> list[str]:
+    """Texts of (B, L) ids; ids the tokenizer does not know (the mask) are dropped.
+    ``keep_special``: special tokens (``<|endoftext|>``) stay in the text."""
     texts = []
     for row in tokens.tolist():
         ids = [i for i in row if i < tokenizer.vocab_size and i != mask_id]
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+        texts.append(tokenizer.decode(ids, skip_special_tokens=not keep_special))
     return texts
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..generation import decode
 from ..samplers.grid import check_protocol
 from .judges import EvalLM
 
@@ -77,11 +78,7 @@ def decode_keeping_eos(tokenizer, tokens: Tensor, mask_id: int | None = None) ->
     """Texts of (B, L) ids with special tokens (``<|endoftext|>``) kept in the text, as the
     official code decodes samples for ``protocol="paper"``; ids the tokenizer does not know
     (the mask) are dropped."""
-    texts = []
-    for row in tokens.tolist():
-        ids = [i for i in row if i < tokenizer.vocab_size and i != mask_id]
-        texts.append(tokenizer.decode(ids, skip_special_tokens=False))
-    return texts
+    return decode(tokenizer, tokens, mask_id, keep_special=True)
 
 
 def encode_for_judge(judge: EvalLM, texts: Sequence[str], max_length: int | None = None,
