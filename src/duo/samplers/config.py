@@ -15,14 +15,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .grid import PROTOCOLS
-from .psi import KAPPA_RULES
+from .grid import PROTOCOLS, check_protocol
+from .psi import _KAPPA_VALUED, _NO_VALUE, KAPPA_RULES
 from .registry import SAMPLERS
 from .semi_ar import check_semi_ar
-
-# Kappa modes whose value is kappa itself, and modes that take no value (see psi.py).
-_KAPPA_VALUED = ("kappa", "paper-constant")
-_NO_VALUE = ("pure-posterior", "pure-pc")
 
 
 @dataclass
@@ -80,8 +76,11 @@ class SamplingConfig:
             raise ValueError(f"stride={self.stride} applies to semi-autoregressive generation; add length=")
         if self.length is not None and self.seq_len is not None and self.length > self.seq_len:
             check_semi_ar(self.length, self.seq_len, self.stride)
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol={self.protocol!r} is unknown; valid protocols: {', '.join(PROTOCOLS)}")
+        try:
+            check_protocol(self.protocol)
+        except ValueError:  # the field-named form every SamplingConfig error has
+            raise ValueError(f"protocol={self.protocol!r} is unknown; valid protocols: {', '.join(PROTOCOLS)}") \
+                from None
         if self.sampler is not None:
             self.options(self.sampler)  # keys of another sampler fail now, not after loading
         return self
