@@ -154,7 +154,11 @@ def time_grid(
 def paper_segments(steps: int, high_frac: float = 0.0, middle_frac: float = 0.0) -> tuple[int, int, int]:
     """Grid points per phase in the official code: of the N + 1 points,
     ``round(high_frac (N + 1))`` high, ``round(middle_frac (N + 1))`` middle, the rest low
-    (Python's ``round``, as there)."""
+    (Python's ``round``, as there).
+
+    Reference for the official multi-phase profile, used by the tests: :class:`PsiSampler`
+    runs :func:`time_grid` with per-step kappa rules and does not call this. The two agree
+    for single-phase profiles; multi-phase paper profiles differ at segment ends."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
     if not (0.0 <= high_frac and 0.0 <= middle_frac and high_frac + middle_frac <= 1.0):
@@ -182,7 +186,10 @@ def paper_time_profile(
     stay at ``hold_t``, the low points descend ``hold_t`` -> eps (so the grid repeats
     ``hold_t`` where the segments meet; for "-inv", pass ``schedule.t_from_alpha(c)``).
     Step i carries the phase of its start point i.
-    """
+
+    Reference for the official multi-phase profile, used by the tests: :class:`PsiSampler`
+    runs :func:`time_grid` with per-step kappa rules and does not call this. The two agree
+    for single-phase profiles; multi-phase paper profiles differ at segment ends."""
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps={eps!r} must lie in (0, 1); the samplers use 1e-5")
     n_hi, n_mid, n_lo = paper_segments(steps, high_frac, middle_frac)

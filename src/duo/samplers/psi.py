@@ -107,7 +107,12 @@ class KappaRule:
 
 def rule_from_official(mode: str) -> KappaRule:
     """The rule for an official mode name: "pure-posterior", "pure-pc", "constant-<kappa>",
-    "constant-remdm-<eta>", "max-capped-<eta>", "max-rescale-<eta>"."""
+    "constant-remdm-<eta>", "max-capped-<eta>", "max-rescale-<eta>".
+
+    Reference for the official multi-phase profile, used by the tests: :class:`PsiSampler`
+    applies its rule per step and does not call this. The two agree for single-phase
+    profiles; multi-phase paper profiles differ at segment ends (the official kappa 1 on a
+    segment's last step)."""
     if mode in _NO_VALUE:
         return KappaRule(mode, 0.0)
     head, _, value = mode.rpartition("-")
@@ -124,7 +129,12 @@ def rule_from_official(mode: str) -> KappaRule:
 def segment_kappas(rule: KappaRule, alphas: Tensor) -> Tensor:
     """Official kappas of one phase segment: ``alphas`` (n,) on its n grid points give
     n kappas (float64), one per step from point i to i + 1 inside the segment, then 1 for
-    the step that leaves it (MATH.md 11). "pure-*" and "paper-constant" give n constants."""
+    the step that leaves it (MATH.md 11). "pure-*" and "paper-constant" give n constants.
+
+    Reference for the official multi-phase profile, used by the tests: :class:`PsiSampler`
+    applies its rule per step and does not call this. The two agree for single-phase
+    profiles; multi-phase paper profiles differ at segment ends (the official kappa 1 on a
+    segment's last step)."""
     values = [float(a) for a in alphas.double().tolist()]
     n = len(values)
     if rule.mode in _NO_VALUE + _KAPPA_VALUED:
@@ -140,7 +150,12 @@ def paper_kappas(alphas: Tensor, segments: tuple[int, int, int],
     :func:`duo.samplers.grid.paper_time_profile`), ``segments`` the points per phase
     (:func:`duo.samplers.grid.paper_segments`), ``rules`` for high, middle, low. Returns
     (N + 1,) float64; step i uses kappa i (the last one is not used: the noise removal
-    step is a plain posterior step)."""
+    step is a plain posterior step).
+
+    Reference for the official multi-phase profile, used by the tests: :class:`PsiSampler`
+    applies its rule per step and does not call this. The two agree for single-phase
+    profiles; multi-phase paper profiles differ at segment ends (the official kappa 1 on a
+    segment's last step)."""
     if sum(segments) != alphas.numel():
         raise ValueError(f"segments {segments} do not cover the {alphas.numel()} grid points")
     parts, start = [], 0
