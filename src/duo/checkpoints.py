@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import re
 import tempfile
@@ -24,44 +23,14 @@ import torch
 from .config import build_config
 from .data import load_tokenizer
 from .loading import LoadedModel, build_loaded
-from .utils.io import atomic_path
+from .utils.checksums import CHECKSUM_ALGORITHM, read_safetensors, tensor_checksum, write_safetensors
 from .utils.typed_config import load_yaml, save_yaml
 
 __all__ = ["LoadedModel", "build_loaded", "export_pretrained", "find_resumable", "load_checkpoint",
-           "load_pretrained", "load_published", "read_checkpoint", "resolve_checkpoint", "tensor_checksum",
-           "verify_checksum"]
+           "load_pretrained", "load_published", "read_checkpoint", "read_safetensors", "resolve_checkpoint",
+           "tensor_checksum", "verify_checksum", "CHECKSUM_ALGORITHM"]
 
 log = logging.getLogger("duo")
-CHECKSUM_ALGORITHM = "sha256"
-
-
-def _walk_tensors(obj: Any, prefix: str = ""):
-    """``(key path, tensor)`` for every tensor in nested dicts / lists, in storage order."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _walk_tensors(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _walk_tensors(v, f"{prefix}/{i}")
-
-
-def tensor_checksum(checkpoint: dict[str, Any]) -> str:
-    """sha256 over every tensor of a checkpoint (weights, EMA, optimiser state; not the
-    ``duo`` metadata), with its key path, dtype and shape, in key order."""
-    h = hashlib.sha256()
-    for key, t in _walk_tensors({k: v for k, v in checkpoint.items() if k != "duo"}):
-        t = t.detach()
-        if hasattr(t, "full_tensor"):  # a DTensor: the whole tensor, as a single file stores it
-            t = t.full_tensor()
-        t = t.cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 class ChecksumError(ValueError):
     """A checkpoint's tensors differ from the checksum stored when it was written."""
 
@@ -244,15 +213,10 @@ def load_checkpoint(path: str | Path, *, use_ema: bool = True, tokenizer=None,
 
 def export_pretrained(loaded: LoadedModel, out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` (EMA weights if loaded so), ``config.yaml``, ``tokenizer/``."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in loaded.backbone.state_dict().items()}
-    digest = tensor_checksum({"state_dict": dict(sorted(state.items()))})  # safetensors reorders keys
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "algo": loaded.algo,
-                                             "duo_checksum": f"{CHECKSUM_ALGORITHM}:{digest}"})
+    write_safetensors(state, out / "model.safetensors", {"format": "pt", "algo": loaded.algo})
     save_yaml({**loaded.cfg.to_dict(), "metadata": loaded.metadata}, out / "config.yaml")
     loaded.tokenizer.save(out / "tokenizer")
     return out
@@ -270,28 +234,6 @@ def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
     loaded = build_loaded(cfg, tok, read_safetensors(d / "model.safetensors"), None, d, metadata)
     loaded.backbone.to(device)
     return loaded
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """A safetensors state dict, verified against the checksum :func:`export_pretrained`
-    stores in its metadata (files without one load unchecked)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            stored = (f.metadata() or {}).get("duo_checksum")
-        state = load_file(str(p))
-    except OSError:
-        raise
-    except Exception as err:  # noqa: BLE001 - safetensors' header / size errors
-        raise ValueError(f"{str(p)!r} is corrupt or not a safetensors file ({type(err).__name__}); "
-                         "export or download it again") from None
-    if stored and stored.split(":", 1)[-1] != tensor_checksum({"state_dict": dict(sorted(state.items()))}):
-        raise ValueError(f"{str(p)!r} fails its checksum: its weights were damaged after export; "
-                         "export or copy it again")
-    return state
 
 
 def load_published(path: str | Path, *, algo: str = "duo", model: str = "small", tokenizer=None,

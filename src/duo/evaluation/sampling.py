@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..generation import Generation, decode, generate_text, generate_tokens, resolve_sampler
+from ..generation import Generation, decode, generate_text, generate_tokens, pick_sampler, resolve_sampler
 from ..samplers.semi_ar import check_semi_ar, default_stride, semi_autoregressive
 from ..samplers import SamplingConfig
 from ..samplers.loop import Progress
@@ -116,15 +116,6 @@ class SamplingPlan:
     prefix: list[int] = field(default_factory=list)
     suffix: list[int] = field(default_factory=list)
     length: int | None = None  # > seq_len: semi-autoregressive windows of seq_len tokens
-
-
-def pick_sampler(loaded, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
-    """The requested sampler and steps, else the checkpoint's recorded defaults."""
-    meta = loaded.metadata or {}
-    name = resolve_sampler(loaded.method, sampler or meta.get("sampler"))
-    if steps is None and sampler in (None, meta.get("sampler")):
-        steps = meta.get("steps")
-    return name, steps
 
 
 def plan_sampling(loaded, config: SamplingConfig) -> SamplingPlan:

@@ -11,7 +11,8 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..checkpoints import CHECKSUM_ALGORITHM, read_checkpoint, tensor_checksum
+from ..checkpoints import read_checkpoint
+from ..utils.checksums import CHECKSUM_ALGORITHM, tensor_checksum
 from ..utils.io import atomic_torch_save
 
 
