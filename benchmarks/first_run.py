@@ -3,6 +3,7 @@
     python benchmarks/first_run.py                          # the default `duo train`, timed
     python benchmarks/first_run.py --overrides model.n_blocks=6 trainer.lr=2e-3 --tag deeper
     python benchmarks/first_run.py --calibrate              # real and shuffled text only
+    python benchmarks/first_run.py --resample "sampler=greedy_tail" "top_p=0.9"   # + other samplers
 
 Runs `duo train` with the given overrides in a subprocess (wall time measured), reads the
 printed validation bound and samples, and scores the samples against the built-in
@@ -11,7 +12,9 @@ single punctuation marks, lower-cased. Reported:
 - words: the share of words (letter runs of 2+) that occur in the training split;
 - pairs: the share of adjacent token pairs that occur in the training split.
 For calibration the same scores of real validation text and of shuffled training tokens
-are reported beside them. Appends one JSON record per run to ``--out``.
+are reported beside them. ``--resample`` scores other sampler settings on the trained run
+(``duo sample``, ``--resample-samples`` samples each) without training again. Appends one
+JSON record per run to ``--out``.
 """
 
 from __future__ import annotations
@@ -62,12 +65,30 @@ def parse_output(out: str) -> tuple[float | None, list[str]]:
     return (float(bound.group(1)) if bound else None), samples
 
 
+def resample(run_dir: str, variant: str, n: int, words, pairs) -> dict:
+    """Score ``n`` samples of the trained run drawn with the settings ``variant``."""
+    out = Path(run_dir) / "samples" / f"resample-{abs(hash(variant))}.jsonl"
+    cmd = [sys.executable, "-m", "duo.cli", "-q", "sample", f"checkpoint={run_dir}", f"num_samples={n}",
+           f"out={out}", *variant.split()]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"settings": variant, "error": proc.stderr.strip().splitlines()[-1:]}
+    texts = [json.loads(line)["text"] for line in out.read_text().splitlines() if line.strip()]
+    return {"settings": variant, "seconds": round(time.perf_counter() - start, 1), "num_samples": len(texts),
+            **scores(texts, words, pairs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--tag", default="default")
     ap.add_argument("--run-dir", default=None, help="default: a fresh folder under /tmp")
     ap.add_argument("--calibrate", action="store_true", help="only score real and shuffled text")
+    ap.add_argument("--resample", nargs="*", default=[],
+                    help="sampler settings to score after training, each a quoted list of key=value")
+    ap.add_argument("--resample-samples", type=int, default=16)
+    ap.add_argument("--resample-only", action="store_true", help="score --resample on --run-dir, no training")
     ap.add_argument("--out", default="benchmarks/results/first_run_cpu.jsonl")
     args = ap.parse_args()
 
@@ -81,7 +102,12 @@ def main() -> None:
     calibration = {"validation text": scores(val_docs, words, pairs),
                    "shuffled training tokens": scores([" ".join(toks[:20000])], words, pairs)}
     record = {"tag": args.tag, "date": time.strftime("%Y-%m-%d %H:%M"), "calibration": calibration}
-    if not args.calibrate:
+    if args.resample_only:
+        if not args.run_dir:
+            sys.exit("--resample-only needs --run-dir (a trained run)")
+        record["run_dir"] = args.run_dir
+        record["resampled"] = [resample(args.run_dir, v, args.resample_samples, words, pairs) for v in args.resample]
+    elif not args.calibrate:
         run_dir = args.run_dir or f"/tmp/first-run-{args.tag}-{int(time.time())}"
         cmd = [sys.executable, "-m", "duo.cli", "train", f"run_dir={run_dir}", "trainer.progress_bar=false",
                *args.overrides]
@@ -94,6 +120,7 @@ def main() -> None:
         record.update({"command": "duo train " + " ".join(args.overrides), "seconds": round(seconds, 1),
                        "val_ppl": bound, "num_samples": len(samples), **scores(samples, words, pairs),
                        "samples_head": [s[:200] for s in samples]})
+        record["resampled"] = [resample(run_dir, v, args.resample_samples, words, pairs) for v in args.resample]
     print(json.dumps(record, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as fh:

@@ -28,6 +28,7 @@ import torch
 from duo.config import build_config
 from duo.generation import generate_tokens
 from duo.methods import build_method
+from duo.utils.memory import tune_cpu_allocator
 
 
 def _models(args, device):
@@ -94,11 +95,14 @@ def main() -> None:
     ap.add_argument("--no-uncached", action="store_true", help="skip AR without its cache")
     ap.add_argument("--duo"), ap.add_argument("--ar"), ap.add_argument("--judge")
     ap.add_argument("--repeats", type=int, default=3, help="time each case this often; report the fastest")
+    ap.add_argument("--system-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (the duo command tunes it: duo.utils.memory)")
     ap.add_argument("--out", default="benchmarks/results/generation_speed_cpu.json")
     args = ap.parse_args()
     global REPEATS
     REPEATS = max(1, args.repeats)
     device = torch.device(args.device)
+    tuned = False if args.system_allocator else tune_cpu_allocator()
     duo, ar, tokenizer, loaded = _models(args, device)
     judge = None
     if args.judge:
@@ -145,7 +149,7 @@ def main() -> None:
                 record("hf gpt2 generate", L, B, None, L - 1, seconds, peak)
     meta = {"device": str(device), "preset": args.preset, "vocab_size": args.vocab_size, "protocol": args.protocol,
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+            "threads": torch.get_num_threads(), "allocator": "tuned" if tuned else "system", "date": time.strftime("%Y-%m-%d"),
             "weights": "trained runs" if loaded else "random"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbosity == QUIET:
             overrides += QUIET_OVERRIDES
     setup_console(verbosity)
+    from .utils.memory import tune_cpu_allocator
+
+    tune_cpu_allocator()  # reuse freed (B, L, K) buffers instead of re-mapping them every step
     try:
         return COMMANDS[ns.command][1](overrides)
     except (ConfigError, ValueError, FileNotFoundError) as err:
