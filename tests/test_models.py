@@ -184,6 +184,22 @@ def test_rotary_is_rotate_half_not_interleaved():
     torch.testing.assert_close(out[0, pos, 0, i + 4], b * torch.cos(angle) + a * torch.sin(angle))
 
 
+def test_rotary_of_queries_and_keys_at_once_matches_the_textbook_form():
+    """The fused form equals ``x cos + rotate_half(x) sin``, per tensor or stacked (B, L, 2, H, d)."""
+    rotary = Rotary(head_dim=8)
+    cos, sin = rotary.cos_sin(5, torch.device("cpu"))
+    qk = torch.randn(2, 5, 2, 3, 8)
+
+    def textbook(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos[None, :, None] + torch.cat((-x2, x1), dim=-1) * sin[None, :, None]
+
+    both = apply_rotary(qk, cos, sin)
+    for j in range(2):
+        torch.testing.assert_close(both[:, :, j], textbook(qk[:, :, j]))
+        torch.testing.assert_close(apply_rotary(qk[:, :, j], cos, sin), both[:, :, j])
+
+
 def test_bidirectional_model_is_position_aware():
     """Rotary is the only position signal: reversing the input must not simply reverse
     the output (it would for attention without positions)."""
@@ -340,4 +356,6 @@ def test_compiled_backbone_runs_eagerly_without_gradients():
     assert captured == []
     logits = model(ids, sigma)  # with gradients: the compiled graphs
     assert len(captured) == 2  # hidden and output_layer.project
-    torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-6)
+    # The traced graph may round a fused multiply-add differently (one float32 ulp in the
+    # rotary), which four blocks grow to a few 1e-6.
+    torch.testing.assert_close(logits.detach(), expected, rtol=1e-4, atol=2e-5)

@@ -61,17 +61,17 @@ class DiTBlock(nn.Module):
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
                 self.adaLN_modulation(c)[:, None].chunk(6, dim=2))
             h = modulate(h, shift_msa, scale_msa)
-        q, k, v = self.attn_qkv(h).view(b, l, 3, self.n_heads, dim // self.n_heads).unbind(2)
-        h = attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
-                      causal=self.causal)
+        qkv = self.attn_qkv(h).view(b, l, 3, self.n_heads, dim // self.n_heads)
+        q, k = apply_rotary(qkv[:, :, :2], cos, sin).unbind(2)  # queries and keys in one pass
+        h = attention(q, k, qkv[:, :, 2], causal=self.causal)
         h = F.dropout(self.attn_out(h), self.dropout, self.training)
-        x = x + (gate_msa * h if self.adaLN_modulation is not None else h)
+        x = torch.addcmul(x, gate_msa, h) if self.adaLN_modulation is not None else x + h
 
         h = self.norm2(x)
         if self.adaLN_modulation is not None:
             h = modulate(h, shift_mlp, scale_mlp)
         h = F.dropout(self.mlp(h), self.dropout, self.training)
-        return x + (gate_mlp * h if self.adaLN_modulation is not None else h)
+        return torch.addcmul(x, gate_mlp, h) if self.adaLN_modulation is not None else x + h
 
     def decode(self, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor,
                start: int) -> Tensor:

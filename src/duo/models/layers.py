@@ -15,8 +15,11 @@ ROTARY_BASE = 10_000.0
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation ``x (1 + scale) + shift``; shift/scale broadcast as (B, 1, D)."""
-    return x * (1.0 + scale) + shift
+    """adaLN modulation ``x (1 + scale) + shift``; shift/scale broadcast as (B, 1, D).
+
+    One fused pass over x (addcmul) instead of a multiply and an add.
+    """
+    return torch.addcmul(shift, x, 1.0 + scale)
 
 
 def aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, multiple: int,
@@ -53,7 +56,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = F.layer_norm(x.float(), (self.dim,)) * self.weight.float()
+            out = F.layer_norm(x.float(), (self.dim,), self.weight.float())
         return out.to(x.dtype)
 
 
@@ -117,12 +120,6 @@ class TokenEmbedding(nn.Module):
         return bag.view(b, l, -1)
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """Non-interleaved rotation: (x1, x2) -> (-x2, x1) over the two halves of the last dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class Rotary(nn.Module):
     """Rotary position embedding (base 10,000) for heads of size ``head_dim``.
 
@@ -147,7 +144,18 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, L, H, d) queries or keys; computed in float32, returned in x's dtype."""
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    """Rotate (B, L, ..., d) queries and/or keys (e.g. (B, L, H, d), or (B, L, 2, H, d) for
+    both at once) by cos / sin (L, d); computed in float32, returned in x's dtype.
+
+    ``x cos + rotate_half(x) sin`` with ``rotate_half((x1, x2)) = (-x2, x1)`` over the two
+    halves of the last dim (not interleaved), written as one multiply and two in-place
+    addcmuls on the halves: building rotate_half(x) would cost two more passes.
+    """
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 3) + (x.shape[-1],)
+    cos, sin = cos.view(shape), sin.view(shape)
     xf = x.float()
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+    half = x.shape[-1] // 2
+    out = xf * cos
+    out[..., :half].addcmul_(xf[..., half:], sin[..., :half], value=-1.0)
+    out[..., half:].addcmul_(xf[..., :half], sin[..., half:])
+    return out.to(x.dtype)
