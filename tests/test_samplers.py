@@ -135,6 +135,31 @@ def test_same_seed_same_tokens(case):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("vocab", [K, 700])  # 700: draws cross several blocks of 256 tokens
+@pytest.mark.parametrize("name", ["ancestral", "greedy_tail", "psi", "mdlm"])
+def test_dense_draw_gives_the_same_tokens_as_the_sparse_draw(name, vocab):
+    """The accelerator loop (every position drawn from the prediction, no host sync) and the
+    CPU loop (only the positions that need it) give the same tokens for a seed."""
+    mask_id = vocab - 1 if name == "mdlm" else None
+    den = make_denoiser(vocab=vocab, mask_id=mask_id, seed=3)
+    kw = dict(batch_size=3, seq_len=16, vocab_size=vocab, steps=12, seed=5, return_intermediates=True)
+    opts = {"mask_id": mask_id} if mask_id is not None else {}
+    if name == "psi":
+        opts["top_p"] = 1.0  # psi's default nucleus would send it to the sparse draw
+    sparse = generate(get_sampler(name, dense_draw=False, **opts), den, SCHEDULE, **kw)
+    dense = generate(get_sampler(name, dense_draw=True, **opts), den, SCHEDULE, **kw)
+    for a, b in zip(sparse.intermediates, dense.intermediates, strict=True):
+        assert torch.equal(a, b)
+    assert len({tuple(s.flatten().tolist()) for s in sparse.intermediates}) > 2  # the states move
+
+
+def test_dense_draw_refuses_filters():
+    den = make_denoiser()
+    with pytest.raises(ValueError, match="dense=True draws unfiltered"):
+        generate(get_sampler("ancestral", top_p=0.8, dense_draw=True), den, SCHEDULE,
+                 batch_size=1, seq_len=4, vocab_size=K, steps=2, seed=0)
+
+
 # ---------------------------------------------------------------------------- truth
 
 

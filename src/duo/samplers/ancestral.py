@@ -47,9 +47,11 @@ def reverse_step(
     kappa: float | None = None,
     workspace: Workspace | None = None,
     nucleus: str = "exact",
+    dense: bool | None = None,
 ) -> StepOutput:
     """One reverse step; ``kappa`` (Psi-samplers) mixes in the corrector; ``nucleus``
-    chooses the exact top-p filter or the bounded approximation (:mod:`.filters`)."""
+    chooses the exact top-p filter or the bounded approximation (:mod:`.filters`);
+    ``dense`` chooses the draw without host synchronisation (:func:`.mixture.draw`)."""
     log_probs, nfe = predict(denoiser, z, time.alpha_t, prediction)
     if time.last and tail == "greedy":
         return StepOutput(process.greedy(log_probs, z), log_probs, nfe)
@@ -65,7 +67,7 @@ def reverse_step(
         mixture = mixture.mix(process.corrector(z, xz, a_s, time.alpha_t, vocab), kappa)
     z_new = draw(mixture, log_probs, z, mask_id=process.mask_id, uses_noise=process.uses_noise,
                  thresholds=thresholds, top_p=top_p, top_k=top_k, generator=generator,
-                 workspace=workspace, nucleus=nucleus)
+                 workspace=workspace, nucleus=nucleus, dense=dense)
     return StepOutput(z_new, log_probs, nfe)
 
 
@@ -101,6 +103,9 @@ class AncestralSampler:
     ``nucleus="approx"`` keeps the whole probability bucket (2.2% wide) where top-p's
     mass is reached instead of sorting it: cheaper at large K, total-variation distance
     to the exact filter at most :func:`duo.samplers.filters.nucleus_tv_bound`.
+    ``dense_draw`` draws every position from the prediction and picks afterwards, which
+    gives the same tokens without a host synchronisation per step; None (default) does so
+    on accelerators for unfiltered draws (:func:`duo.samplers.mixture.draw`).
     """
 
     process: str = "uniform"
@@ -112,6 +117,7 @@ class AncestralSampler:
     cache_predictions: bool = False
     default_steps: int = 1024
     nucleus: str = "exact"
+    dense_draw: bool | None = None
     _process: Process = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,7 +139,8 @@ class AncestralSampler:
              workspace: Workspace | None = None) -> StepOutput:
         return reverse_step(self._process, denoiser, z, time, generator=generator,
                             prediction=prediction, top_p=self.top_p, top_k=self.top_k,
-                            tail=self.tail, workspace=workspace, nucleus=self.nucleus)
+                            tail=self.tail, workspace=workspace, nucleus=self.nucleus,
+                            dense=self.dense_draw)
 
 
 def greedy_tail_sampler(**options) -> AncestralSampler:

@@ -90,12 +90,19 @@ def draw(
     generator: torch.Generator | None,
     workspace: Workspace | None = None,
     nucleus: str = "exact",
+    dense: bool | None = None,
 ) -> Tensor:
     """Sample every position of ``z`` (B, L) from mixture ``m``; returns int64 ids (B, L).
 
     How many random numbers are drawn depends only on the shapes and the filter
     settings, so two samplers with equal weights give equal tokens under the same
     generator state.
+
+    Only the positions that pick the ``x`` component need a draw from the prediction.
+    Finding them (``nonzero``) makes the host wait for the device, so with ``dense``
+    every position draws from the prediction and the mixture picks afterwards: more
+    arithmetic, no synchronisation, the same tokens. ``dense=None`` chooses it on
+    accelerators for unfiltered draws; the CPU keeps the sparse draw, which skips work.
     """
     b, l, vocab = log_probs.shape
     opts = dict(generator=generator, device=z.device)
@@ -111,6 +118,13 @@ def draw(
     # (see _sample_rows); drawn last, so the other draws match an unfiltered run's.
     retry = filter_active(top_p, top_k, vocab) or (thresholds is not None and thresholds.block_mass is not None)
     u_retry = torch.rand((b, l), dtype=torch.float64, **opts) if retry else u_x
+    if dense is None:
+        dense = z.device.type != "cpu" and thresholds is None and not retry
+    if dense:
+        if thresholds is not None or retry:
+            raise ValueError("dense=True draws unfiltered predictions only; pass dense=None with top_p or top_k")
+        picked = _sample_all(log_probs.reshape(-1, vocab), u_x.reshape(-1), workspace or Workspace())
+        return torch.where(u >= c_mask + m.uniform, picked.view(b, l), out)
     from_x = (u >= c_mask + m.uniform).reshape(-1)
     rows = from_x.nonzero().squeeze(1)
     if rows.numel():
@@ -121,6 +135,18 @@ def draw(
                               workspace or Workspace(), nucleus)
         out = out.reshape(-1).index_put((rows,), picked).reshape(b, l)
     return out
+
+
+def _sample_all(flat: Tensor, u: Tensor, ws: Workspace) -> Tensor:
+    """One draw from every row of log-probs ``flat`` (N, K) with uniforms ``u`` (N,): the
+    unfiltered branch of :func:`_sample_rows` over all rows, with no index lookups."""
+    picked = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+    for part in row_chunks(flat.shape[0], flat.shape[1], flat.device):
+        rows = flat[part]
+        dtype = rows.dtype if rows.dtype in (torch.float32, torch.float64) else torch.float32
+        w = ws.get("rows", tuple(rows.shape), dtype, flat.device).copy_(rows)
+        picked[part] = blocked_draw(w.exp_(), u[part])
+    return picked
 
 
 def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, u_retry: Tensor, th: Thresholds | None,

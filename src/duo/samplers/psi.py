@@ -218,4 +218,4 @@ class PsiSampler(AncestralSampler):
         return reverse_step(self._process, denoiser, z, time, generator=generator,
                             prediction=prediction, top_p=self.top_p, top_k=self.top_k,
                             tail=self.tail, kappa=kappa, workspace=workspace,
-                            nucleus=self.nucleus)
+                            nucleus=self.nucleus, dense=self.dense_draw)
