@@ -17,16 +17,19 @@ from torch import Tensor
 BLOCK = 256  # tokens per block
 
 
-def block_sums(weights: Tensor) -> Tensor:
+def block_sums(weights: Tensor, out: Tensor | None = None) -> Tensor:
     """Masses of consecutive blocks of :data:`BLOCK` tokens: (r, K) -> (r, ceil(K / BLOCK)),
-    summed in the weights' dtype (a float64 sum would first copy the rows to float64)."""
-    vocab = weights.shape[1]
+    summed in the weights' dtype (a float64 sum would first copy the rows to float64),
+    into ``out`` if given (so that chunks of rows fill one tensor without a ``cat``)."""
+    r, vocab = weights.shape
     nb = vocab // BLOCK
     main = nb * BLOCK
-    parts = [weights[:, :main].unflatten(1, (nb, BLOCK)).sum(-1)]
+    if out is None:
+        out = weights.new_empty((r, -(-vocab // BLOCK)))
+    torch.sum(weights[:, :main].unflatten(1, (nb, BLOCK)), -1, out=out[:, :nb])
     if main < vocab:
-        parts.append(weights[:, main:].sum(-1, keepdim=True))
-    return torch.cat(parts, 1)
+        torch.sum(weights[:, main:], -1, keepdim=True, out=out[:, nb:])
+    return out
 
 
 def pick(block_mass: Tensor, u: Tensor, vocab: int, inner: Callable[[Tensor], Tensor]) -> Tensor:
