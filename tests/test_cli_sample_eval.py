@@ -140,3 +140,20 @@ def test_one_sampling_config_behind_cli_eval_and_python(tiny_runs, loaded_runs, 
     assert results["gen_ppl"]["nfe"] == 4 and results["gen_ppl"]["protocol"] == "paper"
     ppl = results["ppl"]
     assert ppl["diffusion_ppl"] is not None and ppl["diffusion_ppl"] <= ppl["ppl"]
+
+
+def test_nucleus_approx_reaches_the_sampler_from_the_cli(tiny_runs, loaded_runs, capsys, tmp_path):
+    """nucleus=approx is a SamplingConfig key: the CLI and the Python API build the same
+    filtered sampler, and a sampler without top-p refuses it in one line."""
+    from duo.evaluation import sample
+    from duo.samplers import SamplingConfig
+
+    out_file = tmp_path / "approx.jsonl"
+    code, _, err = run(capsys, "sample", f"checkpoint={tiny_runs['duo']}", "steps=4", "num_samples=2",
+                       "sampler=psi", "top_p=0.9", "nucleus=approx", "seed=3", f"out={out_file}")
+    assert code == 0, err
+    tokens = [json.loads(line)["tokens"] for line in out_file.read_text().splitlines()]
+    cfg = SamplingConfig(steps=4, num_samples=2, sampler="psi", top_p=0.9, nucleus="approx", seed=3)
+    assert sample(loaded_runs["duo"], cfg).tokens.tolist() == tokens
+    code, _, err = run(capsys, "sample", f"checkpoint={tiny_runs['duo']}", "nucleus=fast")
+    assert code == 2 and "nucleus='fast' is unknown; valid: exact, approx" in err

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from .filters import NUCLEI
 from .grid import PROTOCOLS, check_protocol
 from .psi import _KAPPA_VALUED, _NO_VALUE, KAPPA_RULES
 from .registry import SAMPLERS
@@ -36,6 +37,7 @@ class SamplingConfig:
     suffix: str | None = None  # text clamped at the end (infilling)
     top_p: float | None = None  # nucleus filter of the denoiser's distribution, (0, 1]
     top_k: int | None = None  # keep the k most likely tokens (0 = off)
+    nucleus: str | None = None  # top_p's filter: exact (default) | approx (faster; total variation to exact <= 0.01 at K = 50,257)
     eta: float | None = None  # psi: re-noising rate in [0, 1] of the kappa rule kappa_mode
     kappa: float | None = None  # psi: a constant kappa in [0, 1] instead of eta
     kappa_mode: str | None = None  # psi: a KAPPA_RULES name; None = remdm-rescale (paper: paper-max-rescale)
@@ -60,6 +62,8 @@ class SamplingConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low} (or unset for the default)")
         if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 0:
             raise ValueError(f"num_samples={self.num_samples!r} must be an integer >= 0")
+        if self.nucleus is not None and self.nucleus not in NUCLEI:
+            raise ValueError(f"nucleus={self.nucleus!r} is unknown; valid: {', '.join(NUCLEI)}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p!r} must lie in (0, 1] (1 = no nucleus filter)")
         for name in ("eta", "kappa"):
@@ -114,6 +118,8 @@ class SamplingConfig:
             options["top_p"] = self.top_p
         if self.top_k is not None:
             options["top_k"] = self.top_k
+        if self.nucleus is not None:
+            options["nucleus"] = self.nucleus
         psi_keys = self.eta is not None or self.kappa is not None or self.kappa_mode is not None
         if psi_keys and sampler != "psi":
             raise ValueError(f"eta/kappa/kappa_mode apply to sampler=psi, not {sampler!r}; "
