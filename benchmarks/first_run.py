@@ -10,7 +10,9 @@ printed validation bound and samples, and scores the samples against the built-i
 corpus's training split. Text is split into tokens: runs of letters, runs of digits and
 single punctuation marks, lower-cased. Reported:
 - words: the share of words (letter runs of 2+) that occur in the training split;
-- pairs: the share of adjacent token pairs that occur in the training split.
+- pairs: the share of adjacent token pairs that occur in the training split;
+- distinct / entropy_bits: distinct tokens and unigram entropy over the first 2,000
+  tokens (a low nucleus buys words and pairs with repetition; these show the price).
 For calibration the same scores of real validation text and of shuffled training tokens
 are reported beside them. ``--resample`` scores other sampler settings on the trained run
 (``duo sample``, ``--resample-samples`` samples each) without training again. Appends one
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 TOKEN = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
@@ -55,7 +59,17 @@ def scores(texts: list[str], words: set[str], pairs: set[tuple[str, str]]) -> di
         p_all += len(ps)
         p_hit += sum(p in pairs for p in ps)
     return {"words": round(w_hit / max(w_all, 1), 3), "pairs": round(p_hit / max(p_all, 1), 3),
-            "num_words": w_all, "num_pairs": p_all}
+            "num_words": w_all, "num_pairs": p_all, **diversity([t for text in texts for t in tokens(text)])}
+
+
+def diversity(toks: list[str], n: int = 2000) -> dict[str, float]:
+    """Distinct tokens among the first ``n`` and the unigram entropy (bits) of those: a low
+    nucleus raises words and pairs by repeating frequent tokens, which these show."""
+    toks = toks[:n]
+    counts = Counter(toks)
+    total = max(len(toks), 1)
+    entropy = -sum(c / total * math.log2(c / total) for c in counts.values())
+    return {"distinct": round(len(counts) / total, 3), "entropy_bits": round(entropy, 2)}
 
 
 def parse_output(out: str) -> tuple[float | None, list[str]]:

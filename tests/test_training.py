@@ -120,6 +120,19 @@ def test_config_round_trips_through_yaml(tmp_path):
     assert build_config([f"config={tmp_path / 'c.yaml'}", "algo=mdlm"]).algo == "mdlm"
 
 
+def test_end_of_training_samples_default_per_method():
+    """Duo prints Psi samples with a 0.6 nucleus (the first-run sweep's choice); naming
+    another sampler keeps only the step count; other methods print 128 plain steps."""
+    duo = build_config(["algo=duo"]).sample
+    assert (duo.sampler, duo.steps, duo.top_p) == ("psi", 256, 0.6)
+    plain = build_config(["algo=duo", "sample.sampler=ancestral"]).sample
+    assert (plain.sampler, plain.steps, plain.top_p) == ("ancestral", 256, None)
+    assert build_config(["algo=duo", "sample.top_p=0.9"]).sample.top_p == 0.9
+    for algo in ("ar", "mdlm"):
+        s = build_config([f"algo={algo}"]).sample
+        assert (s.sampler, s.steps, s.top_p) == (None, 128, None)
+
+
 def test_times_are_stratified_over_the_global_batch_and_noise_differs_per_rank():
     """Two ranks x two micro-batches of 4: together the 16 times are antithetic_times(16)
     with one shared u, and each (rank, micro) draws its own noise."""

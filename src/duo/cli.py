@@ -90,7 +90,8 @@ def train_help(args: Sequence[str] = (), command: str = "train") -> str:
     rows += [("model." + k, *rest) for k, *rest in describe_keys(model)]
     rows += [("data." + k, *rest) for k, *rest in describe_keys(DataConfig)]
     rows += [("trainer." + k, *rest) for k, *rest in describe_keys(TrainerConfig)]
-    rows += [("sample." + k, *rest) for k, *rest in describe_keys(SamplingConfig(steps=128))]
+    rows += [("sample." + k, *rest) for k, *rest in
+             describe_keys(SamplingConfig(**get_method_spec(algo).end_samples))]
     usage = (f"usage: duo {command} checkpoint=<duo run> [distill.*=... trainer.*=...]" if command == "distill" else
              "usage: duo train [algo=...] [model=...] [data=...] [section.key=value ...]")
     title = f"keys ({section}* shown for algo={algo}; model.* defaults of preset {preset!r})"

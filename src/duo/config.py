@@ -63,7 +63,7 @@ def _check_devices(devices: Any) -> None:
 class TrainerConfig:
     """Optimisation, precision, parallelism, logging and checkpointing."""
 
-    max_steps: int = 500
+    max_steps: int = 750
     batch_size: int = 32  # global: sequences per optimiser step over all devices
     micro_batch_size: int | None = None  # per device; None = as large as batch_size allows
     lr: float = 1e-3
@@ -232,8 +232,13 @@ def _assemble(d: dict[str, Any]) -> TrainConfig:
     data = from_dict(DataConfig, dict(d.get("data", {})), prefix="data.")
     data.validate()
     trainer = from_dict(TrainerConfig, dict(d.get("trainer", {})), prefix="trainer.").validate()
-    # End-of-training samples: 128 steps unless set (the samplers' own default is 1,024).
-    sample = from_dict(SamplingConfig, {"steps": 128, **dict(d.get("sample", {}))}, prefix="sample.")
+    # End-of-training samples: the method's defaults (MethodSpec.end_samples) under sample.*;
+    # naming another sampler keeps only their step count.
+    user_sample = dict(d.get("sample", {}))
+    base = dict(spec.end_samples)
+    if user_sample.get("sampler") not in (None, base.get("sampler")):
+        base = {"steps": base["steps"]}
+    sample = from_dict(SamplingConfig, {**base, **user_sample}, prefix="sample.")
     try:
         sample.validate()
     except ValueError as err:
