@@ -30,8 +30,9 @@ print(json.dumps({"tuned": tuned, "faults": sum(per_step[10:])}))
 
 
 def _probe(mode: str, **env: str) -> dict:
+    base = {k: v for k, v in os.environ.items() if k != "DUO_CPU_ALLOCATOR"}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env})
+                         env={**base, **env})
     return json.loads(out.stdout)
 
 

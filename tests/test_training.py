@@ -120,17 +120,26 @@ def test_config_round_trips_through_yaml(tmp_path):
     assert build_config([f"config={tmp_path / 'c.yaml'}", "algo=mdlm"]).algo == "mdlm"
 
 
-def test_end_of_training_samples_default_per_method():
+def test_end_of_training_samples_default_per_method(tmp_path):
     """Duo prints Psi samples with a 0.6 nucleus (the first-run sweep's choice); naming
-    another sampler keeps only the step count; other methods print 128 plain steps."""
-    duo = build_config(["algo=duo"]).sample
-    assert (duo.sampler, duo.steps, duo.top_p) == ("psi", 256, 0.6)
-    plain = build_config(["algo=duo", "sample.sampler=ancestral"]).sample
-    assert (plain.sampler, plain.steps, plain.top_p) == ("ancestral", 256, None)
-    assert build_config(["algo=duo", "sample.top_p=0.9"]).sample.top_p == 0.9
-    for algo in ("ar", "mdlm"):
-        s = build_config([f"algo={algo}"]).sample
-        assert (s.sampler, s.steps, s.top_p) == (None, 128, None)
+    another sampler takes only the step count; other methods print 128 plain steps. The
+    defaults apply when used, so a saved config does not carry them to another method."""
+    from duo.config import end_sample_config
+    from duo.utils.typed_config import save_yaml
+
+    def end(*overrides):
+        cfg = build_config(list(overrides))
+        s = end_sample_config(cfg.algo, cfg.sample)
+        return s.sampler, s.steps, s.top_p
+
+    assert end("algo=duo") == ("psi", 256, 0.6)
+    assert end("algo=duo", "sample.sampler=ancestral") == ("ancestral", 256, None)
+    assert end("algo=duo", "sample.top_p=0.9") == ("psi", 256, 0.9)
+    assert end("algo=ar") == end("algo=mdlm") == (None, 128, None)
+    save_yaml(build_config(["algo=duo"]).to_dict(), tmp_path / "duo.yaml")
+    assert end(f"config={tmp_path / 'duo.yaml'}") == ("psi", 256, 0.6)
+    assert end(f"config={tmp_path / 'duo.yaml'}", "algo=ar") == (None, 128, None)
+    assert end(f"config={tmp_path / 'duo.yaml'}", "sample.sampler=ancestral") == ("ancestral", 256, None)
 
 
 def test_times_are_stratified_over_the_global_batch_and_noise_differs_per_rank():

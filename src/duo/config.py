@@ -232,21 +232,28 @@ def _assemble(d: dict[str, Any]) -> TrainConfig:
     data = from_dict(DataConfig, dict(d.get("data", {})), prefix="data.")
     data.validate()
     trainer = from_dict(TrainerConfig, dict(d.get("trainer", {})), prefix="trainer.").validate()
-    # End-of-training samples: the method's defaults (MethodSpec.end_samples) under sample.*;
-    # naming another sampler keeps only their step count.
-    user_sample = dict(d.get("sample", {}))
-    base = dict(spec.end_samples)
-    if user_sample.get("sampler") not in (None, base.get("sampler")):
-        base = {"steps": base["steps"]}
-    sample = from_dict(SamplingConfig, {**base, **user_sample}, prefix="sample.")
+    # End-of-training samples; unset fields take the method's defaults when used
+    # (end_sample_config), so a saved config carries no other method's choices.
+    sample = from_dict(SamplingConfig, dict(d.get("sample", {})), prefix="sample.")
     try:
-        sample.validate()
+        end_sample_config(algo, sample).validate()
     except ValueError as err:
         raise ConfigError(f"sample.{err}") from None
     run_dir = d.get("run_dir") or default_run_dir(algo)
     if not isinstance(run_dir, (str, Path)):
         raise ConfigError(f"run_dir={run_dir!r} must be a path")
     return TrainConfig(algo, algo_cfg, preset, model, data, trainer, sample, str(run_dir))
+
+
+def end_sample_config(algo: str, sample: SamplingConfig) -> SamplingConfig:
+    """``sample`` with its unset (None) fields filled from the method's end-of-training
+    defaults (``MethodSpec.end_samples``: Duo's Psi, 256 steps, top-p 0.6; 128 steps for the
+    others). A sample.sampler other than the default's takes only its step count."""
+    defaults = dict(get_method_spec(algo).end_samples)
+    if sample.sampler not in (None, defaults.get("sampler")):
+        defaults = {"steps": defaults["steps"]}
+    unset = {k: v for k, v in defaults.items() if getattr(sample, k) is None}
+    return dataclasses.replace(sample, **unset)
 
 
 def replace_section(cfg: TrainConfig, section: str, **fields: Any) -> TrainConfig:

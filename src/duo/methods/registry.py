@@ -15,8 +15,8 @@ from .mdlm import MdlmMethod
 from .sedd import SeddMethod
 
 
-# The samples printed at the end of training, unless sample.* says otherwise (the
-# samplers' own default is 1,024 steps).
+# The samples printed at the end of training, for the sample.* fields left unset (the
+# samplers' own default is 1,024 steps; duo.config.end_sample_config applies them).
 END_SAMPLES: dict[str, Any] = {"steps": 128}
 # Duo: chosen by the first-run sweep (docs/benchmarks.md, "The default duo train on CPU"):
 # after the 5-minute CPU run, Psi with a 0.6 nucleus prints words (97%) and word pairs

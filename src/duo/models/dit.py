@@ -65,13 +65,13 @@ class DiTBlock(nn.Module):
         q, k = apply_rotary(qkv[:, :, :2], cos, sin).unbind(2)  # queries and keys in one pass
         h = attention(q, k, qkv[:, :, 2], causal=self.causal)
         h = F.dropout(self.attn_out(h), self.dropout, self.training)
-        x = torch.addcmul(x, gate_msa, h) if self.adaLN_modulation is not None else x + h
+        x = x + (gate_msa * h if self.adaLN_modulation is not None else h)
 
         h = self.norm2(x)
         if self.adaLN_modulation is not None:
             h = modulate(h, shift_mlp, scale_mlp)
         h = F.dropout(self.mlp(h), self.dropout, self.training)
-        return torch.addcmul(x, gate_mlp, h) if self.adaLN_modulation is not None else x + h
+        return x + (gate_mlp * h if self.adaLN_modulation is not None else h)
 
     def decode(self, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor,
                start: int) -> Tensor:

@@ -17,9 +17,11 @@ ROTARY_BASE = 10_000.0
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN modulation ``x (1 + scale) + shift``; shift/scale broadcast as (B, 1, D).
 
-    One fused pass over x (addcmul) instead of a multiply and an add.
+    A multiply and an add rather than one addcmul: addcmul's vectorised loop and scalar
+    tail round differently (fused multiply-add), so results would depend on how the
+    elements split across threads, and runs with other thread counts would drift apart.
     """
-    return torch.addcmul(shift, x, 1.0 + scale)
+    return x * (1.0 + scale) + shift
 
 
 def aligned_linear(x: Tensor, weight: Tensor, bias: Tensor | None, multiple: int,
@@ -148,14 +150,16 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     both at once) by cos / sin (L, d); computed in float32, returned in x's dtype.
 
     ``x cos + rotate_half(x) sin`` with ``rotate_half((x1, x2)) = (-x2, x1)`` over the two
-    halves of the last dim (not interleaved), written as one multiply and two in-place
-    addcmuls on the halves: building rotate_half(x) would cost two more passes.
+    halves of the last dim (not interleaved), written as a multiply, then the half-size
+    products subtracted from / added to the halves in place: the same roundings as the
+    textbook form (bit for bit, whatever the thread count; no addcmul, see :func:`modulate`)
+    without building rotate_half(x).
     """
     shape = (1, x.shape[1]) + (1,) * (x.dim() - 3) + (x.shape[-1],)
     cos, sin = cos.view(shape), sin.view(shape)
     xf = x.float()
     half = x.shape[-1] // 2
     out = xf * cos
-    out[..., :half].addcmul_(xf[..., half:], sin[..., :half], value=-1.0)
-    out[..., half:].addcmul_(xf[..., :half], sin[..., half:])
+    out[..., :half].sub_(xf[..., half:] * sin[..., :half])
+    out[..., half:].add_(xf[..., :half] * sin[..., half:])
     return out.to(x.dtype)

@@ -6,6 +6,7 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
+from ..config import end_sample_config
 from ..generation import generate_text, resolve_sampler
 from ..samplers import SAMPLERS
 from ..utils.io import atomic_write_text
@@ -14,6 +15,7 @@ from ..utils.io import atomic_write_text
 def sample_texts(module, tokenizer, sample_cfg, run_dir: Path | None) -> list[str]:
     """Samples with the EMA weights, saved under ``run_dir/samples`` unless it is None."""
     method = module.method
+    sample_cfg = end_sample_config(module.cfg.algo, sample_cfg)
     sampler = sample_cfg.sampler
     if sampler is not None and method.process.kind not in SAMPLERS[sampler].processes:
         sampler = None  # e.g. a config's "ancestral" for an mdlm / ar run: the method's own default
