@@ -123,7 +123,10 @@ def draw(
     if dense:
         if thresholds is not None or retry:
             raise ValueError("dense=True draws unfiltered predictions only; pass dense=None with top_p or top_k")
-        picked = _sample_all(log_probs.reshape(-1, vocab), u_x.reshape(-1), workspace or Workspace())
+        # Every row, unfiltered: the same per-row draw as below, no index found on the host.
+        every = torch.arange(b * l, device=z.device)
+        picked = _sample_rows(log_probs.reshape(-1, vocab), every, u_x.reshape(-1), u_x.reshape(-1),
+                              None, top_p, top_k, workspace or Workspace(), nucleus)
         return torch.where(u >= c_mask + m.uniform, picked.view(b, l), out)
     from_x = (u >= c_mask + m.uniform).reshape(-1)
     rows = from_x.nonzero().squeeze(1)
@@ -135,18 +138,6 @@ def draw(
                               workspace or Workspace(), nucleus)
         out = out.reshape(-1).index_put((rows,), picked).reshape(b, l)
     return out
-
-
-def _sample_all(flat: Tensor, u: Tensor, ws: Workspace) -> Tensor:
-    """One draw from every row of log-probs ``flat`` (N, K) with uniforms ``u`` (N,): the
-    unfiltered branch of :func:`_sample_rows` over all rows, with no index lookups."""
-    picked = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
-    for part in row_chunks(flat.shape[0], flat.shape[1], flat.device):
-        rows = flat[part]
-        dtype = rows.dtype if rows.dtype in (torch.float32, torch.float64) else torch.float32
-        w = ws.get("rows", tuple(rows.shape), dtype, flat.device).copy_(rows)
-        picked[part] = blocked_draw(w.exp_(), u[part])
-    return picked
 
 
 def _sample_rows(flat: Tensor, rows: Tensor, u: Tensor, u_retry: Tensor, th: Thresholds | None,
