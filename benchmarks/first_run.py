@@ -81,7 +81,8 @@ def parse_output(out: str) -> tuple[float | None, list[str]]:
 
 def resample(run_dir: str, variant: str, n: int, words, pairs) -> dict:
     """Score ``n`` samples of the trained run drawn with the settings ``variant``."""
-    out = Path(run_dir) / "samples" / f"resample-{abs(hash(variant))}.jsonl"
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", variant) or "defaults"  # the same settings overwrite their file
+    out = Path(run_dir) / "samples" / f"resample-{name}.jsonl"
     cmd = [sys.executable, "-m", "duo.cli", "-q", "sample", f"checkpoint={run_dir}", f"num_samples={n}",
            f"out={out}", *variant.split()]
     start = time.perf_counter()
