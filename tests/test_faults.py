@@ -3,6 +3,7 @@
 One tiny run (4 steps, checkpoints at steps 2 and 4) is trained once; each test damages
 a copy of it and checks the one-line message and that the earlier files survive."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -469,3 +470,16 @@ def test_resume_takes_the_furthest_step_not_the_newest_file(tmp_path):
     os.utime(tmp_path / "step_100.ckpt", (now, now))
     path, ckpt, _ = find_resumable(tmp_path)
     assert path.name == "last.ckpt" and ckpt["global_step"] == 200
+
+
+@pytest.mark.parametrize("devices,world", [("0,1", 2), ("1,", 1), ("2", 2), ([0, 1, 2], 3)])
+def test_accepted_device_forms_count_their_processes(devices, world):
+    """What the config check accepts, the launcher counts (the CLI gives "0,1" as a string)."""
+    from duo.config import build_config
+    from duo.training.run import resolve_world
+
+    cfg = build_config(["trainer.accelerator=cpu", f"trainer.devices={devices}" if isinstance(devices, str)
+                        else "trainer.devices=" + ",".join(map(str, devices))])
+    if not isinstance(devices, str):
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, devices=devices))
+    assert resolve_world(cfg) == ("cpu", world)

@@ -56,6 +56,8 @@ def resolve_world(cfg: TrainConfig) -> tuple[str, int]:
     if accel == "auto":
         accel = "gpu" if torch.cuda.is_available() else "cpu"
     devices = tc.devices
+    if isinstance(devices, str) and "," in devices:  # "0,1" (the CLI's form of a list): those indices
+        devices = [p for p in devices.split(",") if p.strip()]
     if isinstance(devices, (list, tuple)):
         n = len(devices)
     elif devices in ("auto", -1, "-1"):
