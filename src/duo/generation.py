@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .methods.sedd import score_log_ratios
 from .samplers import Conditioning, check_fits, generate, get_sampler
 from .samplers.registry import SAMPLERS
 
@@ -87,9 +88,7 @@ def _score(method):
         return method.score
 
     def score(z: Tensor, alpha_t: Tensor) -> Tensor:
-        a = alpha_t.double().reshape(-1, 1, 1)
-        log_ratio = (torch.log(a) - torch.log1p(-a)).float()
-        return (method.denoiser(z, alpha_t).float() + log_ratio).scatter(-1, z[..., None], 0.0)
+        return score_log_ratios(method.denoiser(z, alpha_t), z, alpha_t, method.mask_id, log_states=0.0)
 
     return score
 

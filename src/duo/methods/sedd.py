@@ -28,8 +28,11 @@ from .base import LossOutput, MaskedMethod
 from .config import SeddConfig
 
 
-def score_log_ratios(logits: Tensor, z: Tensor, alpha_t: Tensor, mask_id: int) -> Tensor:
-    """Log score ratios (B, L, K) float32 from the network's logits (B, L, K).
+def score_log_ratios(logits: Tensor, z: Tensor, alpha_t: Tensor, mask_id: int,
+                     log_states: float | None = None) -> Tensor:
+    """Log score ratios (B, L, K) float32: ``logits - log((1 - alpha) / alpha) - log_states``
+    with 0 at ``z``. ``log_states`` defaults to ``log(K - 1)`` (SEDD's score network); a
+    masked denoiser's log-probabilities take 0 (its ratios are ``x_theta alpha / (1 - alpha)``).
 
     ``alpha_t`` broadcasts to ``z`` (B, L) (shape (B, 1), (B, L) or (B,) -> (B, 1)).
     """
@@ -38,9 +41,9 @@ def score_log_ratios(logits: Tensor, z: Tensor, alpha_t: Tensor, mask_id: int) -
     if a.dim() == 1:
         a = a[:, None]
     log_expm1_sigma = torch.log1p(-a) - torch.log(a)  # log((1 - alpha) / alpha) = log(e^sigma - 1)
-    offset = (log_expm1_sigma + math.log(K - 1)).float()
+    offset = (log_expm1_sigma + (math.log(K - 1) if log_states is None else log_states)).float()
     out = logits.float() - offset.broadcast_to(z.shape)[..., None]
-    return out.scatter(-1, z[..., None], 0.0)
+    return out.scatter_(-1, z[..., None], 0.0)  # a fresh tensor: in place
 
 
 class SeddMethod(MaskedMethod):
