@@ -44,7 +44,7 @@ def main(args: list[str]) -> int:
     from ..checkpoints import load_checkpoint
     from ..cli import show_progress
     from ..evaluation import plan_sampling, sample
-    from ..utils.io import atomic_path, atomic_write_text
+    from ..utils.io import atomic_torch_save, atomic_write_text
 
     a, sampling = parse_args(args, "sample", SampleArgs, SamplingConfig)
     require_checkpoint(a.checkpoint, "sample")
@@ -66,8 +66,8 @@ def main(args: list[str]) -> int:
     atomic_write_text(out, "\n".join(lines) + "\n")
     if gen.intermediates is not None:
         states = out.with_name(out.stem + ".intermediates.pt")
-        with atomic_path(states) as tmp:  # (states, B, L) ids from the prior to the end
-            torch.save(torch.stack(gen.intermediates).to(torch.int32), tmp)
+        # (states, B, L) ids from the prior to the end; a full disk gives the path and the cause
+        atomic_torch_save(torch.stack(gen.intermediates).to(torch.int32), states)
         print(f"denoising states: {states}")
     if gen.lengths is not None:  # semi-autoregressive: windows of the model's context
         print(f"lengths before the first EOS: {gen.lengths}")

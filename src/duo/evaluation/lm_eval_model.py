@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..generation import generate_text, resolve_sampler
+from ..generation import decode, generate_text, resolve_sampler
 from ..processes import uniform
 from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed, generator
@@ -230,9 +230,7 @@ class DuoLM(LM):
             prefix = torch.tensor([tok.bos_id, *ids], dtype=torch.long)
         gen = generate_text(self.method, tok, num_samples=1, seq_len=seq_len, seed=seed, sampler=self.sampler,
                             steps=self.steps, options=options, prefix=prefix, device=self.device_)
-        new = [i for i in gen.tokens[0, 1 + len(ids):].tolist()
-               if i < tok.vocab_size and i != getattr(self.method, "mask_id", None)]
-        return tok.decode(new, skip_special_tokens=True)
+        return decode(tok, gen.tokens[:, 1 + len(ids):], getattr(self.method, "mask_id", None))[0]
 
 
 if register_model is not None:
