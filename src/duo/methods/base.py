@@ -72,26 +72,21 @@ class MaskedMethod:
     # continuous-time method (MDLM, SEDD set it); None for D3PM (discrete time).
     integrand = None
 
-    def nelbo_per_token(self, x: Tensor, z_t: Tensor, alpha: Tensor, dalpha: Tensor,
-                        loss_from_logits=None) -> Tensor:
-        """The NELBO integrand (B, L) at ``z_t`` (B, L) given ``x`` (B, L), ``alpha`` and
-        ``dalpha`` (B, 1) or (B, L) (one time per row), the backbone conditioned as in
-        training and its output layer run in chunks. ``loss_from_logits`` defaults to the
-        method's :attr:`integrand`."""
-        fn = self.integrand if loss_from_logits is None else loss_from_logits
-        if fn is None:
+    def nelbo_per_token(self, x: Tensor, z_t: Tensor, alpha: Tensor, dalpha: Tensor) -> Tensor:
+        """The method's :attr:`integrand` (B, L) at ``z_t`` (B, L) given ``x`` (B, L),
+        ``alpha`` and ``dalpha`` (B, 1) or (B, L) (one time per row), the backbone
+        conditioned as in training and its output layer run in chunks."""
+        if self.integrand is None:
             raise ValueError(f"{self.name} is a discrete-time method; it has no continuous-time per-token NELBO")
-        return token_loss(fn, self.backbone, z_t, self.conditioning(alpha[:, 0]), z_t, x,
+        return token_loss(self.integrand, self.backbone, z_t, self.conditioning(alpha[:, 0]), z_t, x,
                           alpha.expand(x.shape), dalpha.expand(x.shape), max_elements=self.loss_chunk_elements)
 
-    def continuous_loss(self, batch: dict[str, Tensor], t: Tensor, loss_from_logits=None, generator=None
-                        ) -> LossOutput:
-        """Mean over tokens of ``loss_from_logits(logits, z_t, x, alpha, dalpha)`` (default:
-        the method's :attr:`integrand`) at z_t ~ q_t(. | x) (continuous time t (B,)), the
-        output layer run in chunks."""
+    def continuous_loss(self, batch: dict[str, Tensor], t: Tensor, generator=None) -> LossOutput:
+        """Mean over tokens of the method's :attr:`integrand` ``(logits, z_t, x, alpha,
+        dalpha)`` at z_t ~ q_t(. | x) (continuous time t (B,)), the output layer run in chunks."""
         x = batch["input_ids"]
         alpha = self.schedule.alpha(t)[:, None]
         dalpha = self.schedule.dalpha(t)[:, None]
         z_t = absorbing.sample_zt(x, alpha, self.mask_id, generator=generator)
-        per_token = self.nelbo_per_token(x, z_t, alpha, dalpha, loss_from_logits)
+        per_token = self.nelbo_per_token(x, z_t, alpha, dalpha)
         return reduce_tokens(per_token, attention_mask(batch))

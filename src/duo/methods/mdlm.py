@@ -34,7 +34,7 @@ class MdlmMethod(MaskedMethod):
     def training_loss(
         self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0, generator=None
     ) -> LossOutput:
-        return self.continuous_loss(batch, t, self._nelbo_from_logits, generator)
+        return self.continuous_loss(batch, t, generator)
 
     def _nelbo_from_logits(self, logits, z_t, x, alpha, dalpha) -> Tensor:
         log_p = absorbing.subs_log_probs(logits, z_t, self.mask_id)

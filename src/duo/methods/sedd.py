@@ -74,7 +74,7 @@ class SeddMethod(MaskedMethod):
     def training_loss(
         self, batch: dict[str, Tensor], t: Tensor, *, step: int = 0, generator=None
     ) -> LossOutput:
-        return self.continuous_loss(batch, t, self._dse_from_logits, generator)
+        return self.continuous_loss(batch, t, generator)
 
     def eval_loss(self, batch: dict[str, Tensor], t: Tensor, *, generator=None) -> LossOutput:
         # As MDLM: no prior term (alpha_1 = eps > 0 against the all-mask prior).
