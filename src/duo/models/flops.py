@@ -118,7 +118,7 @@ def peak_tflops(device: torch.device | str, precision: str) -> float | None:
     """The dense half-precision peak of a known CUDA device under bf16/fp16 precision,
     else None (CPU, fp32, an unknown card): MFU is then not reported."""
     device = torch.device(device)
-    if device.type != "cuda" or not any(p in str(precision) for p in ("bf16", "16")):
+    if device.type != "cuda" or "16" not in str(precision):  # bf16-mixed, 16-mixed, bf16-true, ...
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)

@@ -107,10 +107,10 @@ class DiffusionLM(pl.LightningModule):
             # Model FLOPs counted strictly (duo.models.flops), per device.
             key = (x.shape[0] * self.accumulate, x.shape[1])
             if getattr(self, "_step_flops", (None,))[0] != key:  # counted once per shape
-                self._step_flops = (key, training_flops(self.backbone.config, *key))
-            flops = self._step_flops[1]
+                self._step_flops = (key, training_flops(self.backbone.config, *key),
+                                    peak_tflops(self.device, str(self.trainer.precision)))
+            _, flops, peak = self._step_flops
             self.log("train/tflops_per_device", flops / seconds / 1e12)
-            peak = peak_tflops(self.device, str(self.trainer.precision))
             if peak is not None:
                 self.log("train/mfu", flops / seconds / 1e12 / peak)
         if micro == 0:
