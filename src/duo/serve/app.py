@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..generation import build_sampler, resolve_sampler
+from ..generation import build_sampler, pick_sampler
 from ..samplers.registry import samplers_for
 from .config import ServeConfig
 from .engine import Engine, Job, QueueFull
@@ -36,18 +36,17 @@ POLL_SECONDS = 0.25  # how often a waiting response checks that its client is st
 
 
 def model_info(loaded, limits: ServeConfig) -> dict[str, Any]:
-    from ..evaluation import pick_sampler
-
     method = loaded.method
     names = samplers_for(method.process.kind)
-    default, default_steps = pick_sampler(loaded, None, None)
+    default, default_steps = pick_sampler(loaded, None, None)  # resolved: the method's default when unset
+    longest = max_length(loaded, limits)
     samplers = {name: {"default_steps": getattr(build_sampler(method, name), "default_steps", None)}
                 for name in names}
     return {
         "checkpoint": str(loaded.path), "algo": loaded.algo, "process": method.process.kind,
         "vocab_size": loaded.tokenizer.vocab_size, "model_vocab_size": method.vocab_size,
-        "max_length": max_length(loaded, limits), "seq_len": min(loaded.cfg.data.seq_len, max_length(loaded, limits)),
-        "default_sampler": resolve_sampler(method, default), "default_steps": default_steps,
+        "max_length": longest, "seq_len": min(loaded.cfg.data.seq_len, longest),
+        "default_sampler": default, "default_steps": default_steps,
         "samplers": samplers, "blank": BLANK,
         "limits": {"max_steps": limits.max_steps, "max_samples": limits.max_samples, "queue": limits.queue},
         "config": {"model": _plain(loaded.cfg.model), "preset": loaded.cfg.model_preset},

@@ -81,12 +81,7 @@ class Prepared:
 
     plan: SamplingPlan
     clamp: Conditioning | None  # an infill template's clamped positions, else None
-    template: bool
     key: tuple = field(default=())
-
-    @property
-    def n(self) -> int:
-        return self.plan.config.num_samples
 
 
 def _field_of(message: str) -> str | None:
@@ -170,4 +165,4 @@ def prepare(loaded, body: dict[str, Any], limits: ServeConfig) -> Prepared:
     key = (plan.sampler, plan.steps, repr(sorted(plan.options.items())), plan.seq_len, config.protocol,
            config.seed, config.num_samples, tuple(plan.prefix), tuple(plan.suffix),
            None if clamp is None else (tuple(clamp.mask.tolist()), tuple(clamp.ids.tolist())))
-    return Prepared(plan, clamp, template, key)
+    return Prepared(plan, clamp, key)
