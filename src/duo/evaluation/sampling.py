@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..generation import Generation, decode, generate_text, generate_tokens, pick_sampler, resolve_sampler
-from ..samplers.semi_ar import check_semi_ar, default_stride, semi_autoregressive
+from ..samplers.semi_ar import check_semi_ar, semi_autoregressive
 from ..samplers import SamplingConfig
 from ..samplers.loop import Progress
 from ..utils.seeding import derive_seed
@@ -180,7 +180,7 @@ def _semi_ar(loaded, plan: SamplingPlan, device, prefix, progress: bool | Progre
     cfg, method, tok = plan.config, loaded.method, loaded.tokenizer
     batches = _batches(cfg.num_samples, cfg.batch_size, cfg.seed)
     parts, nfe, start = [], 0, time.perf_counter()
-    windows = 1 + (plan.length - plan.seq_len) // (cfg.stride or default_stride(plan.seq_len))  # plan checked it
+    windows = check_semi_ar(plan.length, plan.seq_len, cfg.stride)
     bar, owned = _bar(progress, len(batches) * windows)  # batches x windows x steps
     try:
         for n, batch_seed in batches:
