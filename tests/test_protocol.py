@@ -286,6 +286,10 @@ def test_paper_gen_ppl_is_token_weighted_and_pads_with_eos():
     nll = [HIT, MISS] + [HIT, HIT, MISS]
     assert out.num_tokens == 5 and out.num_samples == 2
     assert out.gen_ppl == pytest.approx(math.exp(sum(nll) / 5), rel=1e-6)
+    # Padded per generated batch (pad_group): "ab" alone has no pad to score, so only its "b" counts.
+    alone = generative_perplexity(["ab", "abca"], judge, protocol="paper", pad_group=1)
+    assert alone.num_tokens == 4
+    assert alone.gen_ppl == pytest.approx(math.exp((HIT + HIT + HIT + MISS) / 4), rel=1e-6)
     # Truncation to max_length (the official code's sampled length) comes before padding.
     cut = generative_perplexity(["abcabc"], judge, protocol="paper", max_length=3)
     assert cut.num_tokens == 2

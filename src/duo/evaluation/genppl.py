@@ -131,17 +131,20 @@ def _paper_rows(ids: list[list[int]], eos_id: int) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _paper_generative_perplexity(texts: Sequence[str], judge: EvalLM, batch_size: int,
-                                 max_length: int | None, device) -> GenPPLResult:
+                                 max_length: int | None, device, pad_group: int | None) -> GenPPLResult:
     if judge.eos_id is None:
         raise ValueError(f"judge {judge.name!r} has no EOS token; protocol='paper' needs one "
                          "(use protocol='ours')")
-    ids, attn = _paper_rows(encode_for_judge(judge, texts, max_length, "paper"), judge.eos_id)
+    encoded = encode_for_judge(judge, texts, max_length, "paper")
     size = int(judge.context_size)
     if size < 2:
         raise ValueError(f"judge context size {size} is too short; it must be >= 2")
+    group = pad_group or len(encoded)
+    padded = [_paper_rows(encoded[g:g + group], judge.eos_id) for g in range(0, len(encoded), group)]
+    batches = [(ids[i:i + batch_size], attn[i:i + batch_size])
+               for ids, attn in padded for i in range(0, ids.shape[0], batch_size)]
     nll_sum, count = 0.0, 0
-    for start in range(0, ids.shape[0], batch_size):
-        rows, masks = ids[start:start + batch_size], attn[start:start + batch_size]
+    for rows, masks in batches:
         for chunk, chunk_attn in zip(rows.split(size, dim=-1), masks.split(size, dim=-1)):
             if chunk.shape[1] < 2:
                 continue  # a one-token chunk has nothing to score
@@ -179,6 +182,7 @@ def generative_perplexity(
     max_length: int | None = None,
     device: torch.device | str | None = None,
     protocol: str = "ours",
+    pad_group: int | None = None,
 ) -> GenPPLResult:
     """``exp`` of the judge's mean NLL per token over the re-tokenized texts.
 
@@ -186,7 +190,9 @@ def generative_perplexity(
     ``max_length`` truncates each re-tokenized text (BOS and EOS included); longer texts
     are scored in windows of the judge's context size. ``protocol="paper"``: the
     official scoring (see the module docstring); ``max_length`` is then the official
-    truncation length (the sampled sequence length).
+    truncation length (the sampled sequence length), and ``pad_group`` texts at a time
+    are padded to their longest (the official code pads each generated batch on its own;
+    None: all together).
     """
     check_protocol(protocol)
     if batch_size < 1:
@@ -195,7 +201,7 @@ def generative_perplexity(
         raise ValueError("generative_perplexity got no texts; generate some samples first")
     device = device if device is not None else getattr(judge, "device", None)
     if protocol == "paper":
-        return _paper_generative_perplexity(texts, judge, batch_size, max_length, device)
+        return _paper_generative_perplexity(texts, judge, batch_size, max_length, device, pad_group)
     windows = [w for ids in encode_for_judge(judge, texts, max_length) for w in _windows(ids, judge.context_size)]
     if not windows:
         raise ValueError("the samples give no token to score; generate longer samples")

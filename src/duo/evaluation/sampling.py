@@ -4,7 +4,6 @@ sample-quality metrics (Gen PPL + entropy)."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -234,13 +233,9 @@ def sample_quality(
         # The official code pads each generated batch to its own longest text (a text with no
         # EOS of its own then scores the first pad), so each batch is scored by its own call;
         # the truncation length is the generated length (semi-AR: all windows).
-        size = plan.config.batch_size or len(texts)
-        parts = [generative_perplexity(texts[i:i + size], judge, batch_size=judge_batch_size,
-                                       max_length=judge_max_length or plan.length or plan.seq_len, protocol="paper")
-                 for i in range(0, len(texts), size)]
-        count = sum(p.num_tokens for p in parts)
-        mean = sum(p.mean_nll * p.num_tokens for p in parts) / count
-        scored = GenPPLResult(math.exp(min(mean, 700.0)), mean, count, len(texts), judge.name, "paper")
+        scored = generative_perplexity(texts, judge, batch_size=judge_batch_size,
+                                       max_length=judge_max_length or plan.length or plan.seq_len, protocol="paper",
+                                       pad_group=plan.config.batch_size or len(texts))
     else:
         scored = generative_perplexity(texts, judge, batch_size=judge_batch_size, max_length=judge_max_length)
     stats = sampling_stats(gen, plan.sampler, plan.steps)
