@@ -247,11 +247,15 @@ def test_only_one_of_many_racing_processes_takes_the_lock(tmp_path):
 # ----------------------------------------------------------------------------- I/O faults
 
 
+@pytest.mark.parametrize("wrapped", [False, True])  # True: torch's own form, a RuntimeError over the OSError
 def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(run, capsys, monkeypatch, tiny_corpus,
-                                                                       duo_cache):
+                                                                       duo_cache, wrapped):
     def full(obj, fh):
         fh.write(b"PK partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        cause = OSError(errno.ENOSPC, "No space left on device")
+        if wrapped:
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 64") from cause
+        raise cause
 
     monkeypatch.setattr(torch, "save", full)
     code, _, err = _cli(capsys, "-q", "train", *_train_args(tiny_corpus, duo_cache, run, 6))

@@ -63,7 +63,7 @@ def train_help(args: Sequence[str] = (), command: str = "train") -> str:
     from .commands.common import describe_keys, format_keys
     from .config import TrainerConfig
     from .data.config import DataConfig
-    from .methods import get_method_spec
+    from .methods import METHODS, get_method_spec
     from .models import MODEL_PRESETS
     from .samplers import SamplingConfig
 
@@ -77,7 +77,7 @@ def train_help(args: Sequence[str] = (), command: str = "train") -> str:
     model = MODEL_PRESETS.get(preset) or MODEL_PRESETS["tiny"]
     section = "distill." if command == "distill" else "algo."
     rows = [
-        ("algo", "str", "'duo'", "the method: " + ", ".join(__import__("duo.methods", fromlist=["METHODS"]).METHODS)),
+        ("algo", "str", "'duo'", "the method: " + ", ".join(METHODS)),
         ("model", "str", "'tiny'", "a model preset: " + ", ".join(MODEL_PRESETS)),
         ("data", "str", "'builtin'", "a corpus name, hf:<dataset>, or a local .txt/.jsonl file or folder"),
         ("config", "str", "null", "a YAML file of settings, applied before the key=value overrides"),

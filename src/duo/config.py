@@ -115,9 +115,8 @@ class TrainerConfig:
         if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision!r} is not supported with trainer.strategy=fsdp; "
                               f"use one of: {', '.join(FSDP_PRECISIONS)}")
-        for name in ("min_lr_ratio",):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"trainer.{name}={getattr(self, name)} must lie in [0, 1]")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"trainer.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name}={getattr(self, name)} must lie in [0, 1)")
