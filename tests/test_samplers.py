@@ -657,11 +657,22 @@ def test_approximate_nucleus_keeps_the_whole_bucket_where_the_mass_reaches_top_p
     assert torch.allclose(th.log_mass[rows], from_top.gather(1, j).squeeze(1)[rows].log(), atol=1e-6, rtol=0)
 
 
-def test_psi_with_the_approximate_nucleus_samples_and_checks_its_option():
+def test_psi_with_the_approximate_nucleus_samples_and_checks_its_option(monkeypatch):
+    import duo.samplers.ancestral as ancestral
+
+    seen = []
+    real = ancestral.row_thresholds
+
+    def spy(*args, **kwargs):  # the option must reach the filter, not stop at the constructor
+        seen.append(args[4] if len(args) > 4 else kwargs.get("nucleus"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ancestral, "row_thresholds", spy)
     den = make_denoiser()
     sampler = get_sampler("psi", nucleus="approx", top_p=0.8)
     kw = dict(batch_size=2, seq_len=8, vocab_size=K, steps=6, seed=3)
     a = generate(sampler, den, SCHEDULE, **kw).tokens
     assert torch.equal(a, generate(sampler, den, SCHEDULE, **kw).tokens)
+    assert seen and set(seen) == {"approx"}
     with pytest.raises(ValueError, match="unknown nucleus"):
         get_sampler("psi", nucleus="fast")
