@@ -21,7 +21,9 @@ from duo.evaluation import (
     write_results,
     zero_shot,
 )
+from duo.evaluation.perplexity import MIN_DRAWS, stratified_pass_times, validation_passes
 from duo.processes import uniform
+from duo.schedules import antithetic_times
 
 from conftest import tiny_overrides
 
@@ -266,3 +268,41 @@ def test_results_written_atomically_as_json_and_markdown(tmp_path):
     assert json_path.is_file() and md_path.read_text().startswith("header")
     assert "<= 20.09" in md_path.read_text()
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["results.json", "results.md"]
+
+
+def test_validation_passes_reach_the_draw_target_on_small_sets_only():
+    assert validation_passes(72, None) == 15  # 1,080 draws >= MIN_DRAWS
+    assert validation_passes(MIN_DRAWS, None) == 1 and validation_passes(10**6, None) == 1
+    assert validation_passes(1, None) == 32  # capped
+    assert validation_passes(72, 3) == 3  # the user's choice wins
+    with pytest.raises(ValueError, match="passes=0"):
+        validation_passes(72, 0)
+
+
+def test_pass_times_are_stratified_over_all_passes():
+    u, eps, rows, passes = torch.tensor(0.37, dtype=torch.float64), 1e-3, 6, 5
+    one = stratified_pass_times(rows, 0, 1, u, eps=eps)
+    assert torch.equal(one, antithetic_times(rows, eps=eps, u=u))
+    t = torch.cat([stratified_pass_times(rows, p, passes, u, eps=eps) for p in range(passes)]).double()
+    gaps = t.sort().values.diff()
+    # passes x rows times, one per stratum of width (1 - eps) / (passes rows)
+    assert torch.allclose(gaps, torch.full_like(gaps, (1 - eps) / (passes * rows)), atol=1e-6)
+    # each row's times lie 1/passes apart (in [0, 1) before the map into [eps, 1])
+    per_row = t.view(passes, rows).sort(dim=0).values.diff(dim=0)
+    assert torch.allclose(per_row, torch.full_like(per_row, (1 - eps) / passes), atol=1e-6)
+
+
+def test_more_passes_give_the_same_bound_with_less_noise(loaded_runs):
+    duo = loaded_runs["duo"]
+    data = eval_data(duo).dataset
+    one = [perplexity(duo, data, batch_size=4, max_batches=2, seed=s).nelbo for s in range(8)]
+    many = [perplexity(duo, data, batch_size=4, max_batches=2, seed=s, passes=16) for s in range(8)]
+    assert all(r.num_tokens == 2 * 4 * data.seq_len and r.passes == 16 for r in many)
+    many = [r.nelbo for r in many]
+    spread = lambda v: float(torch.tensor(v).std())  # noqa: E731
+    assert spread(many) < spread(one) / 2
+    # the same quantity: the means agree within the single-pass noise
+    assert abs(sum(many) / 8 - sum(one) / 8) < 2 * spread(one) / math.sqrt(8)
+    # the autoregressive baseline has no time to draw: one pass whatever is asked
+    ar = loaded_runs["ar"]
+    assert perplexity(ar, eval_data(ar).dataset, batch_size=4, max_batches=1, passes=4).passes == 1

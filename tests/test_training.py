@@ -32,6 +32,10 @@ def test_a_few_steps_lower_the_loss(algo, tiny_corpus, duo_cache, tmp_path):
     last = sum(curve[s] for s in range(36, 41)) / 5
     assert last < 0.8 * first, (first, last)
     assert result.val_ppl is not None and result.val_ppl > 1
+    # The tiny validation set is read several times (fresh times each) by diffusion models.
+    val = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["split"] == "val"][-1]
+    assert (val["passes"] > 1) == (algo != "ar"), val
     assert (result.run_dir / "plots" / "training.png").is_file()
     assert (result.run_dir / "config.yaml").is_file()
     assert result.checkpoint.is_file()
@@ -93,6 +97,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
         (["oops"], "not key=value"),
         (["trainer.strategy=fsdp_cpu_offload"], "flattens the weights.*use trainer.strategy=fsdp"),
         (["trainer.loss_chunk_elements=0"], "loss_chunk_elements=0 must be >= 1"),
+        (["trainer.val_passes=0"], "val_passes=0 must be >= 1"),
         (["trainer.strategy=fsdp", "trainer.precision=16-mixed"], "16-mixed' is not supported with.*bf16-mixed"),
     ],
 )

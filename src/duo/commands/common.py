@@ -150,6 +150,7 @@ KEY_HELP = {
     "grad_clip": "gradient norm clip (0 = off)",
     "val_every": "validate every N optimiser steps",
     "val_batches": "validation batches each time",
+    "val_passes": "times drawn per validation sequence (null = enough for 1,024 draws)",
     "ckpt_every": "write checkpoints/step_N.ckpt every N steps (last.ckpt too)",
     "log_every": "log metrics every N steps",
     "accelerator": "auto, cpu, gpu/cuda, mps, tpu",

@@ -26,6 +26,7 @@ class EvalArgs:
     split: str | None = None  # ppl / zero-shot split; default validation (or the corpus's test split)
     corpora: str | None = None  # zero-shot: comma list; default the paper's seven
     max_batches: int | None = None  # cap on perplexity batches (quick checks)
+    passes: int | None = None  # ppl: times drawn per sequence; None = enough for 1,024 draws (1 on a large set)
     max_documents: int | None = None  # cap on documents read per corpus
     judge: str = "gpt2-large"  # offline: an ar run directory
     judge_max_length: int | None = None  # gen-ppl: judge context; None = the judge's own
@@ -89,7 +90,7 @@ def main(args: list[str]) -> int:
         for task, values in results["lm_eval"]["tasks"].items():
             print(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
     if "ppl" in metrics:
-        results["ppl"] = corpus_perplexity(loaded, a.data, a.split, **common).to_dict()
+        results["ppl"] = corpus_perplexity(loaded, a.data, a.split, passes=a.passes, **common).to_dict()
     if "zero-shot" in metrics:
         names = [c.strip() for c in a.corpora.split(",") if c.strip()] if a.corpora else ZERO_SHOT_CORPORA
         found = zero_shot(loaded, names, split=a.split, **common)

@@ -35,6 +35,29 @@ from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed
 
 _MAX_ELEMENTS = 2**25  # log-prob elements per reconstruction chunk
+# The NELBO's Monte-Carlo estimate is heavy-tailed near t = 0, where a few noised tokens
+# carry weights ~1/t: with one time per sequence, 72 sequences give bounds +-30% apart
+# between seeds. Small sets are therefore read several times, with fresh stratified times.
+MIN_DRAWS = 1024  # (t, z_t) draws per estimate when the number of passes is left to us
+MAX_PASSES = 32
+
+
+def validation_passes(rows: int, configured: int | None) -> int:
+    """Times drawn per sequence: ``configured``, else enough for :data:`MIN_DRAWS` over
+    ``rows`` sequences (1 for a large set), at most :data:`MAX_PASSES`."""
+    if configured is not None:
+        if configured < 1:
+            raise ValueError(f"passes={configured} must be >= 1 (or None: chosen by the data's size)")
+        return configured
+    return max(1, min(MAX_PASSES, math.ceil(MIN_DRAWS / max(rows, 1))))
+
+
+def stratified_pass_times(rows: int, p: int, passes: int, u: Tensor, *, eps: float,
+                          device: torch.device | str | None = None) -> Tensor:
+    """Times (rows,) of pass ``p`` of ``passes`` over a batch: ``t = (u + (p rows + b) /
+    (passes rows)) mod 1`` into ``[eps, 1]``. Each row's times lie 1/passes apart and the
+    batch's ``passes x rows`` times are stratified; one pass is :func:`antithetic_times`."""
+    return antithetic_times(rows, eps=eps, u=u, offset=p * rows, total=passes * rows, device=device)
 
 
 @dataclass
@@ -44,6 +67,7 @@ class PerplexityResult:
     ``bound`` is True when ``ppl`` is an upper bound (diffusion), False for the exact AR NLL.
     ``diffusion_ppl``: ``exp`` of the diffusion term alone (no prior, no reconstruction),
     the number the papers report (MATH.md 11); ``<= ppl``; None for AR models.
+    ``passes``: times drawn per sequence, stratified over all of them.
     """
 
     nelbo: float
@@ -57,6 +81,7 @@ class PerplexityResult:
     split: str | None = None
     seconds: float = 0.0
     diffusion_ppl: float | None = None
+    passes: int = 1  # times drawn per sequence (diffusion)
 
     def __post_init__(self) -> None:
         if self.diffusion_ppl is None and "diffusion" in self.terms:
@@ -123,12 +148,15 @@ def perplexity(
     split: str | None = None,
     progress: bool = False,
     desc: str = "perplexity",
+    passes: int | None = 1,
 ) -> PerplexityResult:
     """Perplexity of ``loaded_or_method`` (a :class:`LoadedModel` or a method) on data.
 
     ``dataset_or_loader`` is a dataset of ``dict(input_ids, attention_mask)`` rows or an
     iterable of such batches. The same ``seed`` gives the same result. ``progress``: a bar
-    over the batches (named ``desc``) on stderr.
+    over the batches (named ``desc``) on stderr. ``passes``: times drawn per sequence of
+    a diffusion model (:func:`stratified_pass_times`); None = :func:`validation_passes`
+    of the rows read (a dataset's; an iterable of batches counts as large).
     """
     method = _method_of(loaded_or_method)
     if max_batches is not None and max_batches < 1:
@@ -141,6 +169,10 @@ def perplexity(
     method.backbone.eval()
     start = time.perf_counter()
     batches = _batches(dataset_or_loader, batch_size)
+    rows = len(dataset_or_loader) if isinstance(dataset_or_loader, torch.utils.data.Dataset) else MIN_DRAWS
+    if max_batches is not None:
+        rows = min(rows, max_batches * batch_size)
+    passes = validation_passes(rows, passes) if diffusion else 1
     total = len(batches) if hasattr(batches, "__len__") else None
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
@@ -152,15 +184,15 @@ def perplexity(
             batch = {k: v.to(device) for k, v in batch.items()}
             x = batch["input_ids"]
             gen = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
-            t = None
-            if diffusion:
-                u = torch.rand((), generator=torch.Generator().manual_seed(batch_seed(seed, index)),
-                               dtype=torch.float64)
-                t = antithetic_times(x.shape[0], eps=float(method.cfg.eps), u=u, device=device)
-            out = method.eval_loss(batch, t, generator=gen)
-            sums["total"] += float(out.nelbo_sum)
-            sums["tokens"] += float(out.num_tokens)
-            sums["prior"] += float(out.metrics.get("prior_kl_per_token", 0.0)) * float(out.num_tokens)
+            u = torch.rand((), generator=torch.Generator().manual_seed(batch_seed(seed, index)),
+                           dtype=torch.float64)
+            for p in range(passes):
+                t = (stratified_pass_times(x.shape[0], p, passes, u, eps=float(method.cfg.eps), device=device)
+                     if diffusion else None)
+                out = method.eval_loss(batch, t, generator=gen)
+                sums["total"] += float(out.nelbo_sum)
+                sums["tokens"] += float(out.num_tokens)
+                sums["prior"] += float(out.metrics.get("prior_kl_per_token", 0.0)) * float(out.num_tokens)
             if diffusion and not getattr(method, "bound_includes_reconstruction", False):
                 # (D3PM's discrete-time ELBO holds its reconstruction term as step 1 of T.)
                 recon, count = _reconstruction(method, batch, gen)
@@ -173,7 +205,7 @@ def perplexity(
         method.backbone.train(was_training)
     if sums["tokens"] == 0:
         raise ValueError("no tokens to evaluate: the data is empty; check the corpus, split and seq_len")
-    tokens = sums["tokens"]
+    tokens = sums["tokens"]  # counted once per pass
     terms: dict[str, float] = {}
     nelbo = sums["total"] / tokens
     if diffusion:
@@ -182,9 +214,9 @@ def perplexity(
                  "reconstruction": recon}
         nelbo += recon
     return PerplexityResult(
-        nelbo=nelbo, ppl=math.exp(min(nelbo, 700.0)), num_tokens=int(tokens), num_sequences=sequences,
+        nelbo=nelbo, ppl=math.exp(min(nelbo, 700.0)), num_tokens=int(tokens) // passes, num_sequences=sequences,
         bound=diffusion, terms=terms, method=method.name, corpus=corpus, split=split,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, passes=passes,
     )
 
 
@@ -203,13 +235,16 @@ def corpus_perplexity(
     show_progress: bool = False,
     progress: bool = False,
     desc: str = "perplexity",
+    passes: int | None = 1,
 ) -> PerplexityResult:
     """Perplexity of a loaded checkpoint on a corpus (default: its own validation split),
     tokenized with the checkpoint's tokenizer; see :func:`duo.evaluation.data.eval_data`.
-    ``show_progress``: bars while the data is built; ``progress``: a bar over the batches."""
+    ``show_progress``: bars while the data is built; ``progress``: a bar over the batches;
+    ``passes``: as :func:`perplexity`."""
     from .data import eval_data
 
     data = eval_data(loaded, corpus, split, seq_len=seq_len, packing=packing,
                      max_documents=max_documents, show_progress=show_progress)
     return perplexity(loaded, data.dataset, batch_size=batch_size, max_batches=max_batches, seed=seed,
-                      device=device, corpus=data.corpus, split=data.split, progress=progress, desc=desc)
+                      device=device, corpus=data.corpus, split=data.split, progress=progress, desc=desc,
+                      passes=passes)

@@ -31,6 +31,8 @@ def _ppl_row(label: str, r: dict[str, Any]) -> list[str]:
         return [label, "skipped", r["skipped"]]
     terms = ", ".join(f"{k} {_fmt(v)}" for k, v in r.get("terms", {}).items())
     where = f"{r.get('corpus')}/{r.get('split')}, {r['num_tokens']} tokens"
+    if r.get("passes", 1) > 1:
+        where += f" x {r['passes']} times each"
     value = f"{'<= ' if r['bound'] else ''}{r['ppl']:.2f}"
     return [label, value, f"{where}; NELBO {_fmt(r['nelbo'])} nats/token" + (f" ({terms})" if terms else "")]
 

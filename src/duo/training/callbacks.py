@@ -79,7 +79,7 @@ class MetricsHistory(pl.Callback):
             return
         metrics = trainer.callback_metrics
         record = {"step": trainer.global_step, "split": "val"}
-        for key in ("val/nelbo", "val/ppl"):
+        for key in ("val/nelbo", "val/ppl", "val/passes"):
             if key in metrics:
                 record[key.split("/", 1)[1]] = _scalar(metrics[key])
         self.val.append(record)

@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..methods import build_method
 from ..models import compile_backbone
 from ..models.flops import peak_tflops, training_flops
+from ..evaluation.perplexity import stratified_pass_times, validation_passes
 from ..schedules import antithetic_times
 from ..utils.seeding import derive_seed
 from .ema import EMA
@@ -38,6 +39,17 @@ def fused_adamw(params: list[torch.nn.Parameter], precision: str) -> bool | None
     return True if all(p.is_cuda for p in params) and not precision.startswith("16") else None
 
 
+def _validation_rows(trainer) -> int:
+    """Sequences one validation reads over all ranks (the dataset, capped by
+    ``limit_val_batches``); 0 when the loop has not set its loader up."""
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    if loader is None or not hasattr(loader, "dataset") or not trainer.num_val_batches:
+        return 0
+    capped = int(trainer.num_val_batches[0]) * (loader.batch_size or 1) * trainer.world_size
+    return min(len(loader.dataset), capped)
+
+
 class DiffusionLM(pl.LightningModule):
     def __init__(self, cfg: TrainConfig, tokenizer_vocab_size: int, tokenizer_files: dict | None = None,
                  init_weights: dict | None = None, metadata: dict | None = None):
@@ -51,6 +63,7 @@ class DiffusionLM(pl.LightningModule):
             self.backbone.load_state_dict(init_weights)
         self.ema = EMA(self.backbone, cfg.trainer.ema) if cfg.trainer.ema > 0 else None
         self._val_sum = self._val_count = None
+        self._val_passes = 1
         self._last_time: float | None = None
 
     def configure_model(self) -> None:
@@ -133,6 +146,9 @@ class DiffusionLM(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+        # An autoregressive model's NLL has no time to draw: one pass.
+        self._val_passes = (validation_passes(_validation_rows(self.trainer), self.cfg.trainer.val_passes)
+                            if self.method.process.diffusion else 1)
         self._ema_ctx = None
         if self.ema is not None:
             self.ema.align(self.backbone)  # also when validate() runs without fit()
@@ -146,10 +162,13 @@ class DiffusionLM(pl.LightningModule):
             step_seed(self.cfg.trainer.seed, 0, self.global_rank, batch_idx, 3)
         )
         u = torch.rand((), generator=gen, dtype=torch.float64, device=self.device).cpu()
-        t = antithetic_times(x.shape[0], eps=getattr(self.cfg.algo_cfg, "eps", 1e-3), u=u, device=self.device)
-        out = self.method.eval_loss(batch, t, generator=gen)
-        self._val_sum += out.nelbo_sum.double()
-        self._val_count += out.num_tokens.double()
+        rows, passes = x.shape[0], self._val_passes
+        for p in range(passes):
+            t = stratified_pass_times(rows, p, passes, u, eps=getattr(self.cfg.algo_cfg, "eps", 1e-3),
+                                      device=self.device)
+            out = self.method.eval_loss(batch, t, generator=gen)
+            self._val_sum += out.nelbo_sum.double()
+            self._val_count += out.num_tokens.double()
 
     def on_validation_epoch_end(self) -> None:
         if self._ema_ctx is not None:
@@ -160,6 +179,7 @@ class DiffusionLM(pl.LightningModule):
         nelbo = float(total / count.clamp_min(1))
         self.log("val/nelbo", nelbo, prog_bar=False, sync_dist=False)
         self.log("val/ppl", math.exp(min(nelbo, 50.0)), prog_bar=True, sync_dist=False)
+        self.log("val/passes", float(self._val_passes), prog_bar=False, sync_dist=False)
 
     # ------------------------------------------------------------- optimisation
     def configure_optimizers(self):

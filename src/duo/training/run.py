@@ -29,7 +29,7 @@ from ..models import count_parameters
 from .callbacks import MetricsHistory, ProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import TextDataModule
-from .module import DiffusionLM
+from .module import DiffusionLM, validation_passes
 from .sharding import FSDPStrategy
 
 log = logging.getLogger("duo")
@@ -126,6 +126,10 @@ def summary_lines(cfg: TrainConfig, module, data, trainer: pl.Trainer, micro: in
             f"({micro} x {world} device{'s' if world > 1 else ''}"
             f"{f' x {accumulate} accumulated' if accumulate > 1 else ''}) on {accel}, "
             f"{trainer.precision}; validation every {cfg.trainer.val_every:,} steps")
+    if module.method.process.diffusion:
+        rows = min(len(bundle.validation), cfg.trainer.val_batches * cfg.trainer.batch_size)
+        passes = validation_passes(rows, cfg.trainer.val_passes)
+        plan += f" ({passes} time{'s' if passes > 1 else ''} drawn per sequence)"
     end = _curriculum_end(cfg, module.method)
     if end is not None:
         plan += f"; curriculum until step {end:,}"
