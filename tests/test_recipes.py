@@ -61,8 +61,8 @@ def test_official_values():
         assert (cfg.algo, a.curriculum, a.tau, a.tau_end, a.curriculum_fraction) == ("duo", "full", 1e-3, None, 0.5)
         assert (a.gamma_min, a.gamma_max) == gammas
         t = cfg.trainer
-        assert (t.max_steps, t.batch_size, t.lr, t.warmup_steps, t.lr_schedule, t.ema) == \
-            (1_000_000, 512, 3e-4, 2500, "constant", 0.9999)
+        assert (t.max_steps, t.batch_size, t.lr, t.warmup_steps, t.lr_schedule, t.ema, t.beta1, t.beta2) == \
+            (1_000_000, 512, 3e-4, 2500, "constant", 0.9999, 0.9, 0.999)
         assert cfg.model_preset == "small" and cfg.model.hidden_size == 768 and cfg.model.dropout == 0.1
     assert (duo_owt.data.corpus, duo_owt.data.seq_len, duo_owt.data.tokenizer) == ("openwebtext", 1024, "gpt2")
     assert (duo_lm1b.data.corpus, duo_lm1b.data.seq_len, duo_lm1b.model.max_seq_len) == ("lm1b", 128, 128)
@@ -78,8 +78,8 @@ def test_official_values():
     assert (d.rounds, d.steps_per_round, d.T0, d.loss, d.teacher, d.gamma_min, d.gamma_max) == \
         (5, 10_000, 512, "reverse", "student", -4.0, -1.0)
     assert (d.time_draw, d.student_init) == ("paper", "raw")
-    assert (dcd.trainer.lr, dcd.trainer.warmup_steps, dcd.trainer.batch_size, dcd.trainer.ema) == \
-        (6e-5, 500, 128, 0.9999)
+    assert (dcd.trainer.lr, dcd.trainer.warmup_steps, dcd.trainer.batch_size, dcd.trainer.ema, dcd.trainer.beta2) == \
+        (6e-5, 500, 128, 0.9999, 0.999)
     _, psi = _eval(["recipe=psi-owt-max-rescale"])
     assert (psi.sampler, psi.steps, psi.eta, psi.top_p, psi.kappa_rule()) == \
         ("psi", 256, 0.05, 0.9, ("paper-max-rescale", 0.05))
