@@ -41,6 +41,20 @@ def test_a_few_steps_lower_the_loss(algo, tiny_corpus, duo_cache, tmp_path):
     assert result.checkpoint.is_file()
 
 
+def test_the_last_steps_are_saved_when_max_steps_is_not_a_multiple_of_ckpt_every(tiny_corpus, duo_cache, tmp_path):
+    cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / "run", "trainer.max_steps=5",
+                                      "trainer.ckpt_every=3"))
+    result = train(cfg)
+    ckpts = result.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step_3.ckpt", "step_5.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 5 and "ema" in last
+    # resuming the finished run trains nothing and writes nothing new
+    before = (ckpts / "last.ckpt").stat().st_mtime_ns
+    train(cfg)
+    assert (ckpts / "last.ckpt").stat().st_mtime_ns == before
+
+
 def test_resume_reproduces_the_uninterrupted_run(tiny_corpus, duo_cache, tmp_path):
     # curriculum=none: with a curriculum fraction the phase boundary would move with max_steps
     base = tiny_overrides(tiny_corpus, duo_cache, tmp_path / "full", "trainer.max_steps=10", "algo.curriculum=none",

@@ -289,6 +289,12 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, lock, accel: str, micro: int,
         if ckpt_path:
             log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if trainer.global_step > resume_step and trainer.global_step % cfg.trainer.ckpt_every != 0:
+        # Lightning saves only at multiples of ckpt_every: without these, the steps after the
+        # last multiple (max_steps = 1,440, ckpt_every = 500: 440 of them) would be lost and
+        # last.ckpt would hold an older model than the one validated and sampled below.
+        trainer.save_checkpoint(run_dir / "checkpoints" / f"step_{trainer.global_step}.ckpt")
+        trainer.save_checkpoint(last)
 
     val = trainer.validate(module, datamodule=data, verbose=False)  # every rank: it is collective
     nelbo = float(val[0]["val/nelbo"]) if val and "val/nelbo" in val[0] else None
