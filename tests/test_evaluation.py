@@ -306,3 +306,27 @@ def test_more_passes_give_the_same_bound_with_less_noise(loaded_runs):
     # the autoregressive baseline has no time to draw: one pass whatever is asked
     ar = loaded_runs["ar"]
     assert perplexity(ar, eval_data(ar).dataset, batch_size=4, max_batches=1, passes=4).passes == 1
+
+
+def test_the_sampling_loop_skips_the_range_check_that_syncs_per_step(loaded_runs, monkeypatch):
+    from duo.generation import generate_tokens
+    from duo.models.dit import DiT
+
+    duo = loaded_runs["duo"]
+    checked = []
+    original = DiT._check_range
+
+    def spy(self, ids):
+        checked.append(self.check_inputs)
+        return original(self, ids)
+
+    monkeypatch.setattr(DiT, "_check_range", spy)
+    tokens, nfe, _ = generate_tokens(duo.method, num_samples=2, seq_len=16, steps=3)
+    assert len(checked) == nfe == 3 and not any(checked)  # called every step, checking none
+    assert duo.method.backbone.check_inputs is True  # restored afterwards
+    checked.clear()
+    duo.method.backbone(tokens, torch.zeros(2))  # outside the loop the check is on
+    assert checked == [True]
+    with pytest.raises(ValueError, match="outside the vocabulary"):  # outside ids: still refused
+        generate_tokens(duo.method, num_samples=1, seq_len=16, steps=2,
+                        prefix=torch.tensor([duo.method.vocab_size]))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .methods.sedd import score_log_ratios
+from .models.dit import trusted_inputs
 from .samplers import Conditioning, check_fits, generate, get_sampler
 from .samplers.registry import SAMPLERS
 
@@ -148,13 +149,16 @@ def generate_tokens(
     was_training = method.backbone.training
     method.backbone.eval()
     try:
-        out = generate(
-            build_sampler(method, name, options), _score(method) if takes_score else _denoiser(method),
-            schedule or method.schedule,
-            batch_size=num_samples, seq_len=seq_len, vocab_size=method.vocab_size, steps=steps,
-            seed=seed, device=device, clamp=cond, return_intermediates=return_intermediates,
-            progress=progress, protocol=protocol,
-        )
+        # The loop feeds the model its prior and its own draws and checks the clamped ids
+        # itself (Conditioning.resolve): no range check, a device sync, per step.
+        with trusted_inputs(method.backbone):
+            out = generate(
+                build_sampler(method, name, options), _score(method) if takes_score else _denoiser(method),
+                schedule or method.schedule,
+                batch_size=num_samples, seq_len=seq_len, vocab_size=method.vocab_size, steps=steps,
+                seed=seed, device=device, clamp=cond, return_intermediates=return_intermediates,
+                progress=progress, protocol=protocol,
+            )
     finally:
         method.backbone.train(was_training)
     return out.tokens, out.nfe, out.intermediates

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -299,6 +301,22 @@ class DiT(nn.Module):
         if bool(((ids < 0) | (ids >= vocab)).any()):
             raise ValueError(f"DiT: token ids span [{int(ids.min())}, {int(ids.max())}] but "
                              f"the vocabulary has {vocab} tokens; use a matching tokenizer")
+
+
+@contextmanager
+def trusted_inputs(model: nn.Module) -> Iterator[None]:
+    """Within the block ``model`` (a :class:`DiT`; anything else is left alone) skips its
+    token-range check, one device synchronisation per call. For loops that feed the
+    model its own draws, once the ids that came from outside have been checked."""
+    previous = getattr(model, "check_inputs", None)
+    if previous is None:
+        yield
+        return
+    model.check_inputs = False
+    try:
+        yield
+    finally:
+        model.check_inputs = previous
 
 
 def build_model(config: ModelConfig) -> DiT:
