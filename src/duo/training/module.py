@@ -17,6 +17,7 @@ import torch
 from ..config import TrainConfig
 from ..methods import build_method
 from ..models import compile_backbone
+from ..models.dit import trusted_inputs
 from ..models.flops import peak_tflops, training_flops
 from ..evaluation.perplexity import stratified_pass_times, validation_passes
 from ..schedules import antithetic_times
@@ -106,7 +107,10 @@ class DiffusionLM(pl.LightningModule):
         x = batch["input_ids"]
         gen = self._generator(step, micro, 2)
         t = self._times(x.shape[0], step, micro)
-        out = self.method.training_loss(batch, t, step=step, generator=gen)
+        # The batches are the tokenizer's ids, checked against the model's vocabulary when the
+        # run starts (check_fits_model): no range check, a device sync, per step.
+        with trusted_inputs(self.backbone):
+            out = self.method.training_loss(batch, t, step=step, generator=gen)
         self.log("train/loss", out.loss.detach(), prog_bar=True)
         self.log("train/phase_curriculum", float(self.method.phase(step) == "curriculum"),
                  prog_bar=self.method.phase(0) == "curriculum")
@@ -166,7 +170,8 @@ class DiffusionLM(pl.LightningModule):
         for p in range(passes):
             t = stratified_pass_times(rows, p, passes, u, eps=getattr(self.cfg.algo_cfg, "eps", 1e-3),
                                       device=self.device)
-            out = self.method.eval_loss(batch, t, generator=gen)
+            with trusted_inputs(self.backbone):
+                out = self.method.eval_loss(batch, t, generator=gen)
             self._val_sum += out.nelbo_sum.double()
             self._val_count += out.num_tokens.double()
 
