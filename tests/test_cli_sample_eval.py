@@ -104,6 +104,7 @@ def test_eval_zero_shot_on_a_local_file(tiny_runs, capsys, tmp_path):
     (["sample", "steps=4"], "needs checkpoint="),
     (["sample", "checkpoint=/no/such/run"], "does not exist"),
     (["eval", "{duo}", "metrics=bleu"], "unknown metric 'bleu'"),
+    (["eval", "{duo}", "passes=0"], "passes=0 must be >= 1"),
     (["eval", "{duo}", "metrics=gen-ppl", "judge={hf}", "steps=2"], "cannot encode the samples"),
     (["eval", "{duo}", "metrics=gen-ppl", "judge={duo_dir}"], "must be autoregressive"),
 ])

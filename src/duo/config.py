@@ -83,7 +83,8 @@ class TrainerConfig:
     # Times (t, z_t) drawn per validation sequence, stratified over all of them. The NELBO
     # estimate is heavy-tailed near t = 0 (rare noised tokens carry huge weights): one draw
     # per sequence of a small set moves the bound by +-30%. None = enough passes for
-    # duo.evaluation.perplexity.MIN_DRAWS draws in all (1 for a large set).
+    # duo.evaluation.perplexity.MIN_DRAWS draws over the rows one validation reads
+    # (val_batches x micro-batch x devices, or fewer if the set is smaller; 1 from 1,024 rows).
     val_passes: int | None = None
     ckpt_every: int = 500
     log_every: int = 10

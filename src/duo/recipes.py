@@ -75,7 +75,7 @@ _TRAIN = {
     "trainer.warmup_steps": 2500,
     "trainer.lr_schedule": "constant",
     "trainer.ema": 0.9999,
-    "trainer.beta2": 0.999,  # duo's default (0.99) suits its short runs; the papers' is 0.999
+    "trainer.beta2": 0.999,  # duo's default (0.95) suits its short runs; the papers' is 0.999
     "trainer.val_every": 5000,
     # Not a paper setting: the official runs save every 500 steps and keep every file; duo
     # keeps each periodic checkpoint too, so 1M steps get one per 10K (last.ckpt with it).

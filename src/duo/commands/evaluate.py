@@ -68,6 +68,8 @@ def main(args: list[str]) -> int:
     a, sampling = parse_args(args, "eval", EvalArgs, SamplingConfig(num_samples=16, batch_size=16))
     require_checkpoint(a.checkpoint, "eval")
     metrics = parse_metrics(a.metrics)
+    if a.passes is not None and a.passes < 1:  # before any loading
+        raise ValueError(f"passes={a.passes} must be >= 1 (or omit it: enough for 1,024 draws)")
     if sampling.num_samples < 1:
         raise ValueError(f"num_samples={sampling.num_samples} must be >= 1")
     device = resolve_device(a.device)

@@ -49,7 +49,9 @@ def validation_passes(rows: int, configured: int | None) -> int:
         if configured < 1:
             raise ValueError(f"passes={configured} must be >= 1 (or None: chosen by the data's size)")
         return configured
-    return max(1, min(MAX_PASSES, math.ceil(MIN_DRAWS / max(rows, 1))))
+    if rows < 1:
+        return 1  # nothing known about the set: no multiplied cost on a guess
+    return max(1, min(MAX_PASSES, math.ceil(MIN_DRAWS / rows)))
 
 
 def stratified_pass_times(rows: int, p: int, passes: int, u: Tensor, *, eps: float,

@@ -93,6 +93,26 @@ class MetricsHistory(pl.Callback):
                 plot_rounds(self.train, self.run_dir / "plots" / "distill_loss.png")
 
 
+class FinalCheckpoint(pl.Callback):
+    """``step_N.ckpt`` and ``last.ckpt`` at ``max_steps`` when it is not a multiple of
+    ``ckpt_every``: Lightning's ModelCheckpoint saves only at the multiples, so the last
+    steps would be lost and last.ckpt would hold an older model than the one validated
+    and sampled. Saved inside the loop, at the hook the periodic checkpoints use, so a run
+    extended from it (a larger max_steps) resumes with the same data order."""
+
+    def __init__(self, dirpath: Path, every: int) -> None:
+        self.dirpath, self.every = Path(dirpath), every
+        self._saved: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step != trainer.max_steps or step % self.every == 0 or self._saved == step:
+            return
+        self._saved = step  # the same on every rank: no file test that ranks could see differently
+        trainer.save_checkpoint(self.dirpath / f"step_{step}.ckpt")  # every rank: collective
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's progress bar with short metric names and without the logger's version
     number: ``loss=2.31, tau=0.001, val_ppl=612`` instead of ``v_num=0, train/loss=...``."""

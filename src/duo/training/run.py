@@ -26,7 +26,7 @@ from ..utils.typed_config import ConfigError, save_yaml
 from ..config import TrainConfig
 from ..methods import get_method_spec
 from ..models import count_parameters
-from .callbacks import MetricsHistory, ProgressBar
+from .callbacks import FinalCheckpoint, MetricsHistory, ProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import TextDataModule
 from .module import DiffusionLM, validation_passes
@@ -127,7 +127,7 @@ def summary_lines(cfg: TrainConfig, module, data, trainer: pl.Trainer, micro: in
             f"{f' x {accumulate} accumulated' if accumulate > 1 else ''}) on {accel}, "
             f"{trainer.precision}; validation every {cfg.trainer.val_every:,} steps")
     if module.method.process.diffusion:
-        rows = min(len(bundle.validation), cfg.trainer.val_batches * cfg.trainer.batch_size)
+        rows = min(len(bundle.validation), cfg.trainer.val_batches * micro * world)  # as _validation_rows
         passes = validation_passes(rows, cfg.trainer.val_passes)
         plan += f" ({passes} time{'s' if passes > 1 else ''} drawn per sequence)"
     end = _curriculum_end(cfg, module.method)
@@ -157,6 +157,7 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, accumulate: int, accel: str,
             # versioned as last-v1.ckpt (e.g. after the run directory was moved).
             enable_version_counter=False,
         ),
+        FinalCheckpoint(run_dir / "checkpoints", tc.ckpt_every),
         MetricsHistory(run_dir, tc.log_every, curriculum_end, bound=not get_method_spec(cfg.algo).causal),
         *(extra_callbacks or []),
     ]
@@ -289,12 +290,6 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, lock, accel: str, micro: int,
         if ckpt_path:
             log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    if trainer.global_step > resume_step and trainer.global_step % cfg.trainer.ckpt_every != 0:
-        # Lightning saves only at multiples of ckpt_every: without these, the steps after the
-        # last multiple (max_steps = 1,440, ckpt_every = 500: 440 of them) would be lost and
-        # last.ckpt would hold an older model than the one validated and sampled below.
-        trainer.save_checkpoint(run_dir / "checkpoints" / f"step_{trainer.global_step}.ckpt")
-        trainer.save_checkpoint(last)
 
     val = trainer.validate(module, datamodule=data, verbose=False)  # every rank: it is collective
     nelbo = float(val[0]["val/nelbo"]) if val and "val/nelbo" in val[0] else None
