@@ -55,3 +55,10 @@ def test_antithetic_times_shard_the_global_batch():
 
 def test_sigma_from_alpha():
     assert float(sigma_from_alpha(torch.tensor(math.exp(-2.0)))) == pytest.approx(2.0)
+
+
+def test_antithetic_times_stay_on_the_device_of_u():
+    # A u drawn on an accelerator is not copied to the host (a sync per call); the meta
+    # device stands in for one: any copy to the host would raise.
+    t = antithetic_times(4, u=torch.tensor(0.3, dtype=torch.float64, device="meta"))
+    assert t.device.type == "meta" and t.shape == (4,)

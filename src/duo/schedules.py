@@ -112,6 +112,7 @@ def antithetic_times(
     total = batch_size if total is None else total
     if u is None:
         u = torch.rand((), generator=generator, dtype=torch.float64)
-    b = torch.arange(offset, offset + batch_size, dtype=torch.float64)
-    t = torch.remainder(u.double().cpu() + b / total, 1.0)
+    # On u's device: a u drawn on an accelerator is not copied to the host (a sync).
+    b = torch.arange(offset, offset + batch_size, dtype=torch.float64, device=u.device)
+    t = torch.remainder(u.double() + b / total, 1.0)
     return (eps + (1.0 - eps) * t).float().to(device)

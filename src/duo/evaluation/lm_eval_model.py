@@ -190,7 +190,7 @@ class DuoLM(LM):
         for b in range(B):
             # One generator per request: its estimate does not depend on its batch-mates.
             gen = generator(self.seed, ids[b], device=x.device)
-            u = torch.rand((), generator=gen, dtype=torch.float64, device=x.device).cpu()
+            u = torch.rand((), generator=gen, dtype=torch.float64, device=x.device)
             t = antithetic_times(n, eps=float(m.cfg.eps), u=u, device=x.device)
             t = torch.cat([t, torch.ones(1, device=x.device)])  # + one row at t = 1 for is_greedy
             xb = x[b].expand(n + 1, L)

@@ -165,7 +165,7 @@ class DiffusionLM(pl.LightningModule):
         gen = torch.Generator(device=self.device).manual_seed(
             step_seed(self.cfg.trainer.seed, 0, self.global_rank, batch_idx, 3)
         )
-        u = torch.rand((), generator=gen, dtype=torch.float64, device=self.device).cpu()
+        u = torch.rand((), generator=gen, dtype=torch.float64, device=self.device)
         rows, passes = x.shape[0], self._val_passes
         for p in range(passes):
             t = stratified_pass_times(rows, p, passes, u, eps=getattr(self.cfg.algo_cfg, "eps", 1e-3),
