@@ -5,11 +5,10 @@ import torch
 
 from duo.config import build_config
 from duo.methods import DuoConfig, curriculum_length, tau_at
-from duo.training import train
 from duo.methods import build_method
 
-from conftest import randomise_zero_layers, tiny_overrides
-from test_training import losses
+from conftest import randomise_zero_layers
+from test_training import split_run
 
 TINY_MODEL = ["model.hidden_size=32", "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1",
               "model.max_seq_len=32"]
@@ -104,12 +103,7 @@ def test_curriculum_loss_is_the_discrete_loss_at_tau_zero():
 def test_resume_across_the_phase_boundary_is_exact(curriculum, tiny_corpus, duo_cache, tmp_path):
     common = ["trainer.ckpt_every=4", f"algo.curriculum={curriculum}", "algo.curriculum_steps=6",
               "algo.tau=1e-2", "algo.tau_end=1e-3", "algo.tau_anneal_end=6"]
-    full = losses(train(build_config(tiny_overrides(
-        tiny_corpus, duo_cache, tmp_path / "full", "trainer.max_steps=9", *common))).run_dir)
-    part = tiny_overrides(tiny_corpus, duo_cache, tmp_path / "part", *common)
-    train(build_config([*part, "trainer.max_steps=4"]))
-    train(build_config([*part, "trainer.max_steps=9"]))
-    resumed = losses(tmp_path / "part")
+    full, resumed = split_run(tiny_corpus, duo_cache, tmp_path, common, stop=4, end=9)
     for step in range(5, 10):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
     assert all(math.isfinite(v) for v in full.values())

@@ -21,6 +21,17 @@ def losses(run_dir) -> dict[int, float]:
     return out
 
 
+def split_run(corpus, cache, tmp_path, common, stop: int, end: int) -> tuple[dict[int, float], dict[int, float]]:
+    """Training losses of one run of ``end`` steps (``tmp_path/full``) and of a run stopped
+    at ``stop``, then extended to ``end`` (``tmp_path/part``, resumed from last.ckpt)."""
+    full = losses(train(build_config(tiny_overrides(corpus, cache, tmp_path / "full",
+                                                    f"trainer.max_steps={end}", *common))).run_dir)
+    part = tiny_overrides(corpus, cache, tmp_path / "part", *common)
+    train(build_config([*part, f"trainer.max_steps={stop}"]))
+    train(build_config([*part, f"trainer.max_steps={end}"]))
+    return full, losses(tmp_path / "part")
+
+
 @pytest.mark.parametrize("algo", ["duo", "mdlm", "ar"])
 def test_a_few_steps_lower_the_loss(algo, tiny_corpus, duo_cache, tmp_path):
     cfg = build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / algo, f"algo={algo}",
@@ -76,34 +87,21 @@ def test_a_run_extended_from_a_final_checkpoint_continues_like_the_uninterrupted
     # The final step (7, not a multiple of ckpt_every) is saved inside the loop: extending
     # the run to 12 steps continues the same epoch and data order.
     common = ("trainer.ckpt_every=5", "algo.curriculum=none", "trainer.batch_size=4")
-    full = losses(train(build_config(tiny_overrides(tiny_corpus, duo_cache, tmp_path / "full",
-                                                    "trainer.max_steps=12", *common))).run_dir)
-    part = tiny_overrides(tiny_corpus, duo_cache, tmp_path / "part", *common)
-    train(build_config([*part, "trainer.max_steps=7"]))
-    train(build_config([*part, "trainer.max_steps=12"]))
-    resumed = losses(tmp_path / "part")
+    full, resumed = split_run(tiny_corpus, duo_cache, tmp_path, common, stop=7, end=12)
     for step in range(8, 13):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_corpus, duo_cache, tmp_path):
     # curriculum=none: with a curriculum fraction the phase boundary would move with max_steps
-    base = tiny_overrides(tiny_corpus, duo_cache, tmp_path / "full", "trainer.max_steps=10", "algo.curriculum=none",
-                          "trainer.ckpt_every=5", "trainer.batch_size=4", "trainer.micro_batch_size=2")
-    full = losses(train(build_config(base)).run_dir)
-
-    part_dir = tmp_path / "part"
-    part = tiny_overrides(tiny_corpus, duo_cache, part_dir, "trainer.ckpt_every=5", "algo.curriculum=none",
-                          "trainer.batch_size=4", "trainer.micro_batch_size=2")
-    train(build_config([*part, "trainer.max_steps=5"]))
-    train(build_config([*part, "trainer.max_steps=10"]))  # resumes from last.ckpt
-    resumed = losses(part_dir)
+    common = ("trainer.ckpt_every=5", "algo.curriculum=none", "trainer.batch_size=4", "trainer.micro_batch_size=2")
+    full, resumed = split_run(tiny_corpus, duo_cache, tmp_path, common, stop=5, end=10)
     for step in range(6, 11):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
     # The EMA, too, continues as if never interrupted (it must not miss the update of
     # the step a checkpoint was written at).
     ema = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["ema"]
-           for d in (tmp_path / "full", part_dir)]
+           for d in (tmp_path / "full", tmp_path / "part")]
     assert ema[0]["num_updates"] == ema[1]["num_updates"] == 10
     for a, b in zip(ema[0]["shadow_params"], ema[1]["shadow_params"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

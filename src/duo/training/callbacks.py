@@ -102,13 +102,13 @@ class FinalCheckpoint(pl.Callback):
 
     def __init__(self, dirpath: Path, every: int) -> None:
         self.dirpath, self.every = Path(dirpath), every
-        self._saved: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # global_step reaches max_steps once, at the batch that ends training (the same on
+        # every rank); a resumed finished run trains no batch.
         step = trainer.global_step
-        if step != trainer.max_steps or step % self.every == 0 or self._saved == step:
+        if step != trainer.max_steps or step % self.every == 0:
             return
-        self._saved = step  # the same on every rank: no file test that ranks could see differently
         trainer.save_checkpoint(self.dirpath / f"step_{step}.ckpt")  # every rank: collective
         trainer.save_checkpoint(self.dirpath / "last.ckpt")
 

@@ -40,15 +40,10 @@ def fused_adamw(params: list[torch.nn.Parameter], precision: str) -> bool | None
     return True if all(p.is_cuda for p in params) and not precision.startswith("16") else None
 
 
-def _validation_rows(trainer) -> int:
-    """Sequences one validation reads over all ranks (the dataset, capped by
-    ``limit_val_batches``); 0 when the loop has not set its loader up."""
-    loaders = trainer.val_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-    if loader is None or not hasattr(loader, "dataset") or not trainer.num_val_batches:
-        return 0
-    capped = int(trainer.num_val_batches[0]) * (loader.batch_size or 1) * trainer.world_size
-    return min(len(loader.dataset), capped)
+def validation_rows(dataset_rows: int, val_batches: int, micro: int, world: int) -> int:
+    """Sequences one validation reads over all ranks: the set, capped at ``val_batches``
+    micro-batches per rank (Lightning's ``limit_val_batches``)."""
+    return min(dataset_rows, val_batches * micro * world)
 
 
 class DiffusionLM(pl.LightningModule):
@@ -151,7 +146,10 @@ class DiffusionLM(pl.LightningModule):
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
         # An autoregressive model's NLL has no time to draw: one pass.
-        self._val_passes = (validation_passes(_validation_rows(self.trainer), self.cfg.trainer.val_passes)
+        loader = self.trainer.val_dataloaders
+        rows = validation_rows(len(loader.dataset), self.cfg.trainer.val_batches, loader.batch_size,
+                               self.trainer.world_size)
+        self._val_passes = (validation_passes(rows, self.cfg.trainer.val_passes)
                             if self.method.process.diffusion else 1)
         self._ema_ctx = None
         if self.ema is not None:
@@ -167,13 +165,13 @@ class DiffusionLM(pl.LightningModule):
         )
         u = torch.rand((), generator=gen, dtype=torch.float64, device=self.device)
         rows, passes = x.shape[0], self._val_passes
-        for p in range(passes):
-            t = stratified_pass_times(rows, p, passes, u, eps=getattr(self.cfg.algo_cfg, "eps", 1e-3),
-                                      device=self.device)
-            with trusted_inputs(self.backbone):
+        with trusted_inputs(self.backbone):
+            for p in range(passes):
+                t = stratified_pass_times(rows, p, passes, u, eps=getattr(self.cfg.algo_cfg, "eps", 1e-3),
+                                          device=self.device)
                 out = self.method.eval_loss(batch, t, generator=gen)
-            self._val_sum += out.nelbo_sum.double()
-            self._val_count += out.num_tokens.double()
+                self._val_sum += out.nelbo_sum.double()
+                self._val_count += out.num_tokens.double()
 
     def on_validation_epoch_end(self) -> None:
         if self._ema_ctx is not None:

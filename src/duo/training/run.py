@@ -24,12 +24,13 @@ from ..data.build import check_seq_len
 from ..utils.io import RunDirLock, remove_stale_temp_files
 from ..utils.typed_config import ConfigError, save_yaml
 from ..config import TrainConfig
+from ..evaluation.perplexity import validation_passes
 from ..methods import get_method_spec
 from ..models import count_parameters
 from .callbacks import FinalCheckpoint, MetricsHistory, ProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .datamodule import TextDataModule
-from .module import DiffusionLM, validation_passes
+from .module import DiffusionLM, validation_rows
 from .sharding import FSDPStrategy
 
 log = logging.getLogger("duo")
@@ -127,8 +128,8 @@ def summary_lines(cfg: TrainConfig, module, data, trainer: pl.Trainer, micro: in
             f"{f' x {accumulate} accumulated' if accumulate > 1 else ''}) on {accel}, "
             f"{trainer.precision}; validation every {cfg.trainer.val_every:,} steps")
     if module.method.process.diffusion:
-        rows = min(len(bundle.validation), cfg.trainer.val_batches * micro * world)  # as _validation_rows
-        passes = validation_passes(rows, cfg.trainer.val_passes)
+        passes = validation_passes(validation_rows(len(bundle.validation), cfg.trainer.val_batches, micro, world),
+                                   cfg.trainer.val_passes)
         plan += f" ({passes} time{'s' if passes > 1 else ''} drawn per sequence)"
     end = _curriculum_end(cfg, module.method)
     if end is not None:
